@@ -1,0 +1,383 @@
+//! The agent: one task that owns the core [`Node`], feeds it gossip, load and socket requests,
+//! and carries out its effects. It decides nothing itself.
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::Transport;
+use chitchat::{spawn_chitchat, ChitchatHandle};
+use chorus_core::fingerprint::Fingerprint;
+use chorus_core::load::LoadPolicy;
+use chorus_core::member::{NodeState, Published};
+use chorus_core::node::{Effect, Node, NodeConfig};
+use chorus_core::roster::Roster;
+use chorus_core::PROTOCOL_VERSION;
+use parking_lot::RwLock;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::api::{Response, StatusReport, WatchEvent};
+use crate::config::AgentConfig;
+use crate::datadir::{DataDir, DataDirError, PersistedState};
+use crate::gossip;
+use crate::logging::log_alert;
+use crate::server::{self, ApiView, Input, ServerState};
+use crate::sysload;
+
+/// How often host load is sampled.
+const LOAD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Most a graceful stop waits for its `left` state to spread.
+const MAX_LEAVE_WAIT: Duration = Duration::from_secs(5);
+/// Pending socket requests; senders wait when it is full.
+const INPUT_QUEUE: usize = 64;
+/// Watch events buffered per slow client before it is told it fell behind.
+const WATCH_BUFFER: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("cannot read fingerprint file {path}: {source}")]
+    FingerprintFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Socket(#[from] server::ServerError),
+    #[error("cannot start gossip on {addr}: {reason}")]
+    Gossip { addr: SocketAddr, reason: String },
+    #[error("the gossip loop stopped ({0}); the agent cannot go on without gossip")]
+    GossipDied(String),
+    #[error("cannot find an address to advertise: {0}; set --advertise")]
+    Advertise(String),
+}
+
+/// How the agent ended when it ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `chorus leave`.
+    Left,
+    /// The shutdown future completed (SIGTERM, SIGINT, a test).
+    Shutdown,
+}
+
+/// Which transport carries gossip.
+pub enum TransportChoice {
+    /// As the configuration says.
+    FromConfig,
+    /// Supplied by the caller (in-process tests, fault injection).
+    Custom(Arc<dyn Transport>),
+}
+
+/// Runs an agent until `shutdown` completes or a client asks it to leave; both publish `left`
+/// and wait (bounded) for it to spread before returning.
+pub async fn run(
+    config: AgentConfig,
+    transport: TransportChoice,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Exit, AgentError> {
+    let started = Instant::now();
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let persisted = data_dir.begin_generation(&config.node_id, unix_ms())?;
+    let fingerprint = compute_fingerprint(&config)?;
+    let advertise = match config.advertise {
+        Some(a) => a,
+        None => derive_advertise(config.listen, &config.seeds)?,
+    };
+
+    let node_config = NodeConfig {
+        node_id: config.node_id.clone(),
+        cluster: config.cluster.clone(),
+        advertise_addr: advertise,
+        fingerprint: fingerprint.clone(),
+        policy: config.compat,
+        suspect_after: config.gossip_interval * 4,
+        expect: config.expect,
+        load: LoadPolicy::default(),
+    };
+    let roster = Roster::from_entries(persisted.roster.clone());
+    let mut seeds = config.seeds.clone();
+    seeds.extend(
+        roster
+            .entries()
+            .into_iter()
+            .filter(|e| e.node_id != config.node_id)
+            .map(|e| e.addr.to_string()),
+    );
+    let initial_state = persisted
+        .state
+        .filter(|s| *s != NodeState::Left)
+        .unwrap_or_default();
+    let node = Node::new(node_config, roster, initial_state);
+
+    let mut initial_kvs = Published::identity_pairs(&fingerprint, unix_ms());
+    for (k, v) in &config.tags {
+        initial_kvs.push((Published::tag_key(k), v.clone()));
+    }
+    let chitchat_config = gossip::chitchat_config(
+        &config.node_id,
+        persisted.generation,
+        advertise,
+        config.listen,
+        &config.cluster,
+        seeds,
+        config.gossip_interval,
+    );
+    let transport: Arc<dyn Transport> = match transport {
+        TransportChoice::Custom(t) => t,
+        TransportChoice::FromConfig => Arc::new(chitchat::transport::UdpTransport),
+    };
+    let chitchat = spawn_chitchat(chitchat_config, initial_kvs, transport.as_ref())
+        .await
+        .map_err(|e| AgentError::Gossip {
+            addr: config.listen,
+            reason: format!("{e:#}"),
+        })?;
+
+    let (listener, owner_uid) = server::bind(&config.socket).await?;
+    let (inputs_tx, mut inputs) = mpsc::channel(INPUT_QUEUE);
+    let (events, _) = broadcast::channel(WATCH_BUFFER);
+    let mut agent = Running {
+        node,
+        chitchat,
+        data_dir,
+        persisted,
+        events: events.clone(),
+        view: Arc::new(RwLock::new(Arc::new(ApiView {
+            members: Vec::new(),
+            status: placeholder_status(),
+        }))),
+        started,
+        advertise,
+    };
+    agent.step(Instant::now()).await;
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        ServerState {
+            view: agent.view.clone(),
+            events,
+            inputs: inputs_tx,
+            owner_uid,
+        },
+    ));
+    tracing::info!(
+        node = %config.node_id, cluster = %config.cluster, addr = %advertise,
+        generation = agent.persisted.generation, fingerprint = %fingerprint.digest,
+        socket = %config.socket.display(), "chorus agent started"
+    );
+
+    let tick_every =
+        (config.gossip_interval / 2).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_load_sample: Option<Instant> = None;
+    let gossip_died = agent.chitchat.termination_watcher();
+    tokio::pin!(shutdown);
+    tokio::pin!(gossip_died);
+
+    let outcome = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if last_load_sample.is_none_or(|t| now.duration_since(t) >= LOAD_SAMPLE_EVERY) {
+                    last_load_sample = Some(now);
+                    if let Some((cpu, mem)) = sysload::sample() {
+                        agent.node.handle_load_sample(now, cpu, mem);
+                    }
+                }
+                agent.step(now).await;
+            }
+            Some(input) = inputs.recv() => match input {
+                Input::Sessions(n, reply) => {
+                    agent.node.handle_sessions(Instant::now(), n);
+                    agent.step(Instant::now()).await;
+                    let _ = reply.send(Response::Done { message: format!("sessions = {n}") });
+                }
+                Input::Leave(reply) => break Ok((Exit::Left, Some(reply))),
+            },
+            _ = &mut shutdown => break Ok((Exit::Shutdown, None)),
+            result = &mut gossip_died => {
+                let reason = match result { Ok(()) => "it exited".to_string(), Err(e) => format!("{e:#}") };
+                break Err(AgentError::GossipDied(reason));
+            }
+        }
+    };
+    server_task.abort();
+    let _ = std::fs::remove_file(&config.socket);
+    let (exit, reply) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "agent stopping");
+            return Err(e);
+        }
+    };
+    agent.leave(config.gossip_interval).await;
+    if let Some(reply) = reply {
+        let _ = reply.send(Response::Done {
+            message: format!("{} left the cluster", config.node_id),
+        });
+    }
+    let _ = agent.chitchat.shutdown().await;
+    tracing::info!(node = %config.node_id, "chorus agent stopped");
+    Ok(exit)
+}
+
+struct Running {
+    node: Node,
+    chitchat: ChitchatHandle,
+    data_dir: DataDir,
+    persisted: PersistedState,
+    events: broadcast::Sender<WatchEvent>,
+    view: Arc<RwLock<Arc<ApiView>>>,
+    started: Instant,
+    advertise: SocketAddr,
+}
+
+impl Running {
+    /// Feeds the current gossip state to core, carries out the effects, publishes the view.
+    async fn step(&mut self, now: Instant) {
+        let observations = {
+            let guard = self.chitchat.chitchat();
+            let chitchat = guard.lock().await;
+            gossip::observe(&chitchat)
+        };
+        self.node.handle_gossip(now, &observations);
+        self.apply_effects().await;
+        self.publish_view(now);
+    }
+
+    async fn apply_effects(&mut self) {
+        while let Some(effect) = self.node.poll_effect() {
+            match effect {
+                Effect::Publish { key, value } => {
+                    let guard = self.chitchat.chitchat();
+                    guard.lock().await.self_node_state().set(key, value);
+                }
+                Effect::Alert(alert) => {
+                    log_alert(&self.node.config().node_id, &alert);
+                    let _ = self.events.send(WatchEvent {
+                        time_ms: unix_ms(),
+                        observer: self.node.config().node_id.clone(),
+                        alert,
+                    });
+                }
+                Effect::PersistRoster(entries) => {
+                    self.persisted.roster = entries;
+                    self.persist();
+                }
+            }
+        }
+    }
+
+    fn persist(&mut self) {
+        self.persisted.state = Some(self.node.state());
+        if let Err(e) = self.data_dir.save(&self.persisted) {
+            // The old file is intact (atomic write); the next change tries again.
+            tracing::error!(error = %e, "cannot persist state");
+        }
+    }
+
+    fn publish_view(&self, now: Instant) {
+        let status = StatusReport {
+            node: self.node.status(),
+            generation: self.persisted.generation,
+            addr: self.advertise.to_string(),
+            uptime_s: now.saturating_duration_since(self.started).as_secs(),
+            net: serde_json::Value::Null,
+        };
+        let members = self.node.members().cloned().collect();
+        *self.view.write() = Arc::new(ApiView { members, status });
+    }
+
+    /// Publishes `left` and gives gossip a few rounds (bounded) to carry it to the others.
+    async fn leave(&mut self, gossip_interval: Duration) {
+        self.node.handle_leave();
+        self.apply_effects().await;
+        self.persist();
+        let others_up = self
+            .node
+            .members()
+            .filter(|m| !m.is_self && m.status.is_up())
+            .count();
+        if others_up == 0 {
+            return;
+        }
+        // Each round reaches a few peers, who pass it on: log2(n) + 2 rounds reach everyone
+        // with high probability.
+        let rounds = (usize::BITS - others_up.leading_zeros()) + 2;
+        let wait = (gossip_interval * rounds).min(MAX_LEAVE_WAIT);
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "leaving: publishing left to the cluster"
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn placeholder_status() -> StatusReport {
+    StatusReport {
+        node: chorus_core::node::NodeStatus {
+            node_id: String::new(),
+            cluster: String::new(),
+            fingerprint: String::new(),
+            app_version: String::new(),
+            alive: 0,
+            roster: 0,
+            quorum: false,
+            partition: chorus_core::quorum::Partition::Forming,
+            leader: None,
+            epoch: 0,
+            state: NodeState::Active,
+        },
+        generation: 0,
+        addr: String::new(),
+        uptime_s: 0,
+        net: serde_json::Value::Null,
+    }
+}
+
+fn compute_fingerprint(config: &AgentConfig) -> Result<Fingerprint, AgentError> {
+    let mut files = Vec::new();
+    for path in &config.fingerprint_files {
+        let bytes = std::fs::read(path).map_err(|source| AgentError::FingerprintFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        files.push((file_name(path), bytes));
+    }
+    Ok(Fingerprint::compute(
+        PROTOCOL_VERSION,
+        &config.app_version,
+        &files,
+    ))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The listen address if it is concrete; else the local address of the route to the first
+/// seed (a UDP `connect` sends nothing); else loopback.
+fn derive_advertise(listen: SocketAddr, seeds: &[String]) -> Result<SocketAddr, AgentError> {
+    if !listen.ip().is_unspecified() {
+        return Ok(listen);
+    }
+    let Some(seed) = seeds.iter().find_map(|s| s.parse::<SocketAddr>().ok()) else {
+        return Ok(SocketAddr::new([127, 0, 0, 1].into(), listen.port()));
+    };
+    let probe = UdpSocket::bind((listen.ip(), 0))
+        .and_then(|s| s.connect(seed).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| AgentError::Advertise(e.to_string()))?;
+    Ok(SocketAddr::new(probe.ip(), listen.port()))
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

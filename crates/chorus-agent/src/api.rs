@@ -1,0 +1,129 @@
+//! The socket protocol shared by the agent and the `chorus` command: one JSON [`Request`] per
+//! line in, one JSON [`Response`] per line out (`watch` keeps answering with events).
+
+use std::path::PathBuf;
+
+use chorus_core::alert::Alert;
+use chorus_core::member::{Member, NodeState};
+use chorus_core::node::NodeStatus;
+use serde::{Deserialize, Serialize};
+
+/// A request line longer than this is answered with an error and skipped.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Members,
+    Status,
+    /// The application reports its session count.
+    Load {
+        sessions: u64,
+    },
+    /// Leave the cluster gracefully and stop the agent.
+    Leave,
+    /// Stream alerts until the client hangs up.
+    Watch,
+}
+
+impl Request {
+    /// Requests that change the agent's state are refused to other users than the agent's own
+    /// and root.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Request::Members | Request::Status | Request::Watch => false,
+            Request::Load { .. } | Request::Leave => true,
+        }
+    }
+}
+
+/// `status`: core's view of this node plus what the agent measures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub node: NodeStatus,
+    pub generation: u64,
+    pub addr: String,
+    pub uptime_s: u64,
+    pub net: serde_json::Value,
+}
+
+/// One `watch` line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Who observed it.
+    pub observer: String,
+    #[serde(flatten)]
+    pub alert: Alert,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Members {
+        members: Vec<Member>,
+    },
+    Status {
+        status: StatusReport,
+    },
+    Done {
+        message: String,
+    },
+    /// `watch`: sent once when the subscription is in place, so a client knows no later event
+    /// will be missed.
+    Watching,
+    Event {
+        event: WatchEvent,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// State reported by `drain`/`resume` and shown by `status`.
+pub fn state_name(state: NodeState) -> &'static str {
+    state.as_str()
+}
+
+pub fn running_as_root() -> bool {
+    effective_uid() == Some(0)
+}
+
+/// The effective uid, read without `unsafe` from the owner of `/proc/self`.
+pub fn effective_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// `/run/chorus/chorus.sock` as root, else `$XDG_RUNTIME_DIR/chorus.sock`, else
+/// `/tmp/chorus-$UID.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if running_as_root() {
+        return PathBuf::from("/run/chorus/chorus.sock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("chorus.sock");
+    }
+    PathBuf::from(format!("/tmp/chorus-{}.sock", effective_uid().unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_json_shape() {
+        assert_eq!(
+            serde_json::to_string(&Request::Members).unwrap(),
+            r#"{"cmd":"members"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"load","sessions":3}"#).unwrap(),
+            Request::Load { sessions: 3 }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"load","sessions":-1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+}

@@ -1,0 +1,529 @@
+//! Agent settings: flags and the TOML file merge into [`Settings`]; [`Settings::validate`]
+//! turns them into a checked [`AgentConfig`] without touching the system (keys, sockets and
+//! files are opened later, by the agent).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chorus_core::fingerprint::CompatPolicy;
+use serde::Deserialize;
+
+/// Longest node id, cluster name or tag key: they are gossiped on every round.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest tag value.
+pub const MAX_TAG_VALUE_LEN: usize = 256;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("malformed config file {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Every setting, each optional, as the flags or the config file give them. The file uses the
+/// flag names (`node-id = "a"`, `seeds = ["10.0.0.1:7946"]`, `[tags]`).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    pub node_id: Option<String>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    pub cluster: Option<String>,
+    pub app_version: Option<String>,
+    #[serde(default)]
+    pub fingerprint_files: Vec<PathBuf>,
+    pub compat: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub expect: Option<usize>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    pub gossip_interval: Option<String>,
+    pub log_format: Option<String>,
+    pub cluster_key: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure: Option<bool>,
+    pub transport: Option<String>,
+}
+
+impl Settings {
+    pub fn from_toml_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Settings::from_toml(&text).map_err(|reason| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    /// `self` (the flags) wins over `file`; lists given as flags replace the file's; tags merge
+    /// key by key.
+    pub fn over(self, file: Settings) -> Settings {
+        let mut tags = file.tags;
+        tags.extend(self.tags);
+        Settings {
+            node_id: self.node_id.or(file.node_id),
+            listen: self.listen.or(file.listen),
+            advertise: self.advertise.or(file.advertise),
+            seeds: if self.seeds.is_empty() {
+                file.seeds
+            } else {
+                self.seeds
+            },
+            cluster: self.cluster.or(file.cluster),
+            app_version: self.app_version.or(file.app_version),
+            fingerprint_files: if self.fingerprint_files.is_empty() {
+                file.fingerprint_files
+            } else {
+                self.fingerprint_files
+            },
+            compat: self.compat.or(file.compat),
+            data_dir: self.data_dir.or(file.data_dir),
+            socket: self.socket.or(file.socket),
+            expect: self.expect.or(file.expect),
+            tags,
+            gossip_interval: self.gossip_interval.or(file.gossip_interval),
+            log_format: self.log_format.or(file.log_format),
+            cluster_key: self.cluster_key.or(file.cluster_key),
+            ca_cert: self.ca_cert.or(file.ca_cert),
+            cert: self.cert.or(file.cert),
+            key: self.key.or(file.key),
+            insecure: self.insecure.or(file.insecure),
+            transport: self.transport.or(file.transport),
+        }
+    }
+
+    /// Checks every value and fills in defaults. Touches nothing outside the process except
+    /// reading the host name for the default node id.
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let node_id = match self.node_id {
+            Some(id) => id,
+            None => default_node_id()
+                .ok_or_else(|| invalid("--node-id", "no host name to default to; set --node-id"))?,
+        };
+        check_id("--node-id", &node_id)?;
+        let cluster = self.cluster.unwrap_or_else(|| "chorus".to_string());
+        check_id("--cluster", &cluster)?;
+
+        let listen: SocketAddr = self
+            .listen
+            .as_deref()
+            .unwrap_or("0.0.0.0:7946")
+            .parse()
+            .map_err(|_| invalid("--listen", "expected ADDR:PORT, e.g. 0.0.0.0:7946"))?;
+        let advertise = self
+            .advertise
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("--advertise", format!("{a:?} is not ADDR:PORT")))
+            })
+            .transpose()?;
+        if let Some(a) = advertise {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(invalid(
+                    "--advertise",
+                    "must be a concrete address and port peers can dial",
+                ));
+            }
+        }
+        for seed in &self.seeds {
+            check_seed(seed)?;
+        }
+        let compat: CompatPolicy = self
+            .compat
+            .as_deref()
+            .unwrap_or("exact")
+            .parse()
+            .map_err(|e: String| invalid("--compat", e))?;
+        let gossip_interval = match self.gossip_interval {
+            Some(s) => parse_duration("--gossip-interval", &s)?,
+            None => DEFAULT_GOSSIP_INTERVAL,
+        };
+        if gossip_interval < Duration::from_millis(10) || gossip_interval > Duration::from_secs(60)
+        {
+            return Err(invalid("--gossip-interval", "must be between 10ms and 60s"));
+        }
+        for (k, v) in &self.tags {
+            check_tag(k, v)?;
+        }
+        let log_format = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "--log-format",
+                    format!("{other:?}: expected text or json"),
+                ))
+            }
+        };
+        let app_version = self.app_version.unwrap_or_default();
+        if app_version.len() > MAX_TAG_VALUE_LEN || app_version.chars().any(char::is_control) {
+            return Err(invalid(
+                "--app-version",
+                "too long or has control characters",
+            ));
+        }
+        let security = match (
+            self.cluster_key,
+            self.ca_cert,
+            self.cert,
+            self.key,
+            self.insecure.unwrap_or(false),
+        ) {
+            (Some(k), None, None, None, false) => Some(Security::ClusterKey(k)),
+            (None, Some(ca), Some(cert), Some(key), false) => Some(Security::Pki { ca, cert, key }),
+            (None, None, None, None, true) => Some(Security::Insecure),
+            (None, None, None, None, false) => None,
+            (_, _, _, _, true) => {
+                return Err(invalid(
+                    "--insecure",
+                    "cannot be combined with --cluster-key or certificates",
+                ))
+            }
+            (Some(_), ..) => {
+                return Err(invalid(
+                    "--cluster-key",
+                    "cannot be combined with --ca-cert/--cert/--key",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "--ca-cert/--cert/--key",
+                    "all three are needed together",
+                ))
+            }
+        };
+        let transport = match self.transport.as_deref().unwrap_or("udp") {
+            "udp" => TransportKind::Udp,
+            "quic" => TransportKind::Quic,
+            other => {
+                return Err(invalid(
+                    "--transport",
+                    format!("{other:?}: expected quic or udp"),
+                ))
+            }
+        };
+        Ok(AgentConfig {
+            node_id,
+            cluster,
+            listen,
+            advertise,
+            seeds: self.seeds,
+            app_version,
+            fingerprint_files: self.fingerprint_files,
+            compat,
+            data_dir: self.data_dir.unwrap_or_else(default_data_dir),
+            socket: self.socket.unwrap_or_else(crate::api::default_socket_path),
+            expect: self.expect.unwrap_or(0),
+            tags: self.tags,
+            gossip_interval,
+            log_format,
+            security,
+            transport,
+        })
+    }
+}
+
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Quic,
+    Udp,
+}
+
+/// Where the agent's TLS identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// Mint a leaf certificate from the cluster CA at start (`--cluster-key`).
+    ClusterKey(PathBuf),
+    /// An existing PKI (`--ca-cert/--cert/--key`).
+    Pki {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// No verification (`--insecure`): experiments only.
+    Insecure,
+}
+
+/// Checked settings, ready to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_id: String,
+    pub cluster: String,
+    pub listen: SocketAddr,
+    /// `None`: derived at start from the listen address or the route to the first seed.
+    pub advertise: Option<SocketAddr>,
+    pub seeds: Vec<String>,
+    pub app_version: String,
+    pub fingerprint_files: Vec<PathBuf>,
+    pub compat: CompatPolicy,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub expect: usize,
+    pub tags: BTreeMap<String, String>,
+    pub gossip_interval: Duration,
+    pub log_format: LogFormat,
+    pub security: Option<Security>,
+    pub transport: TransportKind,
+}
+
+pub fn parse_duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| invalid(field, format!("{s:?}: {e} (e.g. 500ms, 2s, 10m)")))
+}
+
+fn check_id(field: &'static str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(invalid(
+            field,
+            format!("must be 1 to {MAX_ID_LEN} characters"),
+        ));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
+    {
+        return Err(invalid(
+            field,
+            format!("{id:?}: use ASCII letters, digits and - _ . : @"),
+        ));
+    }
+    Ok(())
+}
+
+/// Tag keys become gossip keys: ASCII only (chitchat panics on a key that starts with a
+/// multi-byte character).
+pub fn check_tag(key: &str, value: &str) -> Result<(), ConfigError> {
+    if key.is_empty()
+        || key.len() > MAX_ID_LEN
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(
+            "--tag",
+            format!("key {key:?}: use 1 to {MAX_ID_LEN} ASCII letters, digits and - _ ."),
+        ));
+    }
+    if value.len() > MAX_TAG_VALUE_LEN || value.chars().any(char::is_control) {
+        return Err(invalid(
+            "--tag",
+            format!("value of {key:?} is too long or has control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// `k=v` as given to `--tag`.
+pub fn parse_tag(s: &str) -> Result<(String, String), ConfigError> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| invalid("--tag", format!("{s:?}: expected KEY=VALUE")))?;
+    check_tag(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn check_seed(seed: &str) -> Result<(), ConfigError> {
+    if seed.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match seed.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(invalid("--seed", format!("{seed:?}: expected HOST:PORT"))),
+    }
+}
+
+fn default_node_id() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+fn default_data_dir() -> PathBuf {
+    if crate::api::running_as_root() {
+        return PathBuf::from("/var/lib/chorus");
+    }
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) => PathBuf::from(dir).join("chorus"),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/state/chorus"))
+            .unwrap_or_else(|| PathBuf::from("/tmp/chorus-state")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        Settings {
+            node_id: Some("n1".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = base().validate().unwrap();
+        assert_eq!(c.cluster, "chorus");
+        assert_eq!(c.listen, "0.0.0.0:7946".parse().unwrap());
+        assert_eq!(c.compat, CompatPolicy::Exact);
+        assert_eq!(c.gossip_interval, DEFAULT_GOSSIP_INTERVAL);
+    }
+
+    #[test]
+    fn flags_win_over_file_and_tags_merge() {
+        let file = Settings::from_toml(
+            "node-id = \"file\"\ncluster = \"c\"\nseeds = [\"127.0.0.1:1\"]\n[tags]\nzone = \"a\"\nread_only = \"true\"\n",
+        )
+        .unwrap();
+        let mut flags = Settings {
+            node_id: Some("flag".into()),
+            ..Settings::default()
+        };
+        flags.tags.insert("zone".into(), "b".into());
+        let c = flags.over(file).validate().unwrap();
+        assert_eq!(c.node_id, "flag");
+        assert_eq!(c.cluster, "c");
+        assert_eq!(c.seeds, vec!["127.0.0.1:1".to_string()]);
+        assert_eq!(c.tags.get("zone").unwrap(), "b");
+        assert_eq!(c.tags.get("read_only").unwrap(), "true");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let err = Settings::from_toml("nodeid = \"x\"").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                Settings {
+                    listen: Some("nope".into()),
+                    ..base()
+                },
+                "--listen",
+            ),
+            (
+                Settings {
+                    advertise: Some("0.0.0.0:1".into()),
+                    ..base()
+                },
+                "--advertise",
+            ),
+            (
+                Settings {
+                    seeds: vec!["noport".into()],
+                    ..base()
+                },
+                "--seed",
+            ),
+            (
+                Settings {
+                    compat: Some("loose".into()),
+                    ..base()
+                },
+                "--compat",
+            ),
+            (
+                Settings {
+                    gossip_interval: Some("fast".into()),
+                    ..base()
+                },
+                "--gossip-interval",
+            ),
+            (
+                Settings {
+                    gossip_interval: Some("1ms".into()),
+                    ..base()
+                },
+                "--gossip-interval",
+            ),
+            (
+                Settings {
+                    node_id: Some("bad id".into()),
+                    ..base()
+                },
+                "--node-id",
+            ),
+            (
+                Settings {
+                    node_id: Some("é".into()),
+                    ..base()
+                },
+                "--node-id",
+            ),
+            (
+                Settings {
+                    log_format: Some("xml".into()),
+                    ..base()
+                },
+                "--log-format",
+            ),
+            (
+                Settings {
+                    insecure: Some(true),
+                    cluster_key: Some("k".into()),
+                    ..base()
+                },
+                "--insecure",
+            ),
+            (
+                Settings {
+                    cert: Some("c".into()),
+                    ..base()
+                },
+                "--ca-cert/--cert/--key",
+            ),
+        ];
+        for (settings, field) in cases {
+            match settings.clone().validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{settings:?}"),
+                other => panic!("{settings:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tags_must_be_ascii_keys() {
+        assert!(parse_tag("read_only=true").is_ok());
+        assert!(parse_tag("=x").is_err());
+        assert!(parse_tag("noequals").is_err());
+        assert!(parse_tag("ключ=v").is_err());
+        assert!(parse_tag("k=a\nb").is_err());
+    }
+}

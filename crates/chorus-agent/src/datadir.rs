@@ -1,0 +1,162 @@
+//! The data dir: what an agent remembers across restarts (generation, roster, drain state).
+//!
+//! Every write is atomic: a temporary file in the same directory, fsync, rename over the old
+//! file, fsync of the directory. A crash leaves the old file or the new one, never half of one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chorus_core::member::NodeState;
+use chorus_core::roster::RosterEntry;
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot use data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir file {path} is corrupt ({reason}); move it away to start afresh")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// What is persisted. New fields must be `#[serde(default)]` so older files still load.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub node_id: String,
+    pub generation: u64,
+    #[serde(default)]
+    pub roster: Vec<RosterEntry>,
+    #[serde(default)]
+    pub state: Option<NodeState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    dir: PathBuf,
+}
+
+impl DataDir {
+    pub fn open(dir: &Path) -> Result<DataDir, DataDirError> {
+        fs::create_dir_all(dir).map_err(|source| DataDirError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(DataDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn load(&self) -> Result<Option<PersistedState>, DataDirError> {
+        let path = self.dir.join(STATE_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DataDirError::Io { path, source }),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| DataDirError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn save(&self, state: &PersistedState) -> Result<(), DataDirError> {
+        let bytes = serde_json::to_vec_pretty(state).expect("persisted state always serializes");
+        write_atomic(&self.dir, STATE_FILE, &bytes)
+    }
+
+    /// Loads the previous state and records this start: the generation always grows, even if
+    /// the clock went back or the file was lost (it never goes below the wall clock in ms).
+    pub fn begin_generation(
+        &self,
+        node_id: &str,
+        now_unix_ms: u64,
+    ) -> Result<PersistedState, DataDirError> {
+        let mut state = self.load()?.unwrap_or_default();
+        if !state.node_id.is_empty() && state.node_id != node_id {
+            // Another node's roster is not ours to inherit; its generation still only grows.
+            state.roster.clear();
+            state.state = None;
+        }
+        state.node_id = node_id.to_string();
+        state.generation = (state.generation + 1).max(now_unix_ms);
+        self.save(&state)?;
+        Ok(state)
+    }
+}
+
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataDirError> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataDirError::Io { path, source }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, &target).map_err(io(&target))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_grows_on_every_start_even_with_a_clock_going_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::open(tmp.path()).unwrap();
+        let a = dd.begin_generation("n1", 1_000).unwrap().generation;
+        let b = dd.begin_generation("n1", 500).unwrap().generation;
+        let c = dd.begin_generation("n1", 5_000).unwrap().generation;
+        assert_eq!(a, 1_000);
+        assert_eq!(b, 1_001);
+        assert_eq!(c, 5_000);
+    }
+
+    #[test]
+    fn roster_survives_a_reload_and_no_temp_file_is_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::open(tmp.path()).unwrap();
+        let mut s = dd.begin_generation("n1", 1).unwrap();
+        s.roster.push(RosterEntry {
+            node_id: "n2".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        });
+        dd.save(&s).unwrap();
+        assert_eq!(dd.load().unwrap().unwrap().roster, s.roster);
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![STATE_FILE.to_string()]);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_an_empty_roster() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(STATE_FILE), b"{not json").unwrap();
+        let dd = DataDir::open(tmp.path()).unwrap();
+        assert!(matches!(dd.load(), Err(DataDirError::Corrupt { .. })));
+    }
+}

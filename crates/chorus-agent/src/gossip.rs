@@ -1,0 +1,66 @@
+//! The bridge to chitchat: its configuration, and its state converted into core's
+//! [`Observation`]s. chitchat is the outside world here: it reads tokio's clock and holds a
+//! tokio mutex, so this module takes the lock briefly, copies what core needs and lets go.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chitchat::{Chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig};
+use chorus_core::member::Published;
+use chorus_core::view::Observation;
+
+/// How long chitchat keeps a dead node's state before collecting it. Minutes, not chitchat's
+/// 24 h default: every restart leaves an old generation behind and each one costs digest
+/// space (the whole digest must fit in ~65 KB). The roster remembers members for longer.
+pub const DEAD_NODE_GRACE: Duration = Duration::from_secs(10 * 60);
+/// How long deleted keys are kept as tombstones.
+pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// chitchat's settings for a given gossip interval. The phi-accrual detector learns the real
+/// heartbeat intervals; its prior is the gossip interval so a new node is judged fairly.
+pub fn chitchat_config(
+    node_id: &str,
+    generation: u64,
+    advertise: SocketAddr,
+    listen: SocketAddr,
+    cluster: &str,
+    seeds: Vec<String>,
+    gossip_interval: Duration,
+) -> ChitchatConfig {
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(node_id.to_string(), generation, advertise),
+        cluster_id: cluster.to_string(),
+        gossip_interval,
+        listen_addr: listen,
+        seed_nodes: seeds,
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 1_000,
+            max_interval: (gossip_interval * 10).max(Duration::from_secs(2)),
+            initial_interval: gossip_interval,
+            dead_node_grace_period: DEAD_NODE_GRACE,
+        },
+        marked_for_deletion_grace_period: TOMBSTONE_GRACE,
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    }
+}
+
+/// Everything chitchat knows, as core observations. Call with the chitchat lock held, and
+/// release it right after.
+pub fn observe(chitchat: &Chitchat) -> Vec<Observation> {
+    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    chitchat
+        .node_states()
+        .iter()
+        .map(|(id, state)| Observation {
+            node_id: id.node_id.to_string(),
+            generation: id.generation_id,
+            addr: id.gossip_advertise_addr,
+            live: live.contains(id),
+            heartbeat: u64::from(state.heartbeat()),
+            published: Published::from_pairs(state.key_values()),
+        })
+        .collect()
+}

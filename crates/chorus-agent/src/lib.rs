@@ -1,0 +1,28 @@
+//! chorus-agent: the daemon. It runs a chitchat node, turns what gossip says into core
+//! observations, carries out the effects chorus-core decides, and serves the local Unix socket.
+//!
+//! It decides nothing itself: every rule (who is alive, who is refused, quorum, when to
+//! publish) is in chorus-core, where a test with a fake clock can reach it.
+//!
+//! # Layout
+//! - [`config`]: flags + TOML file -> a checked [`config::AgentConfig`].
+//! - [`agent`]: [`agent::run`], the one loop that owns the core `Node`.
+//! - [`gossip`]: chitchat settings and chitchat state -> core observations.
+//! - [`server`] / [`client`] / [`api`]: the socket protocol, both ends.
+//! - [`datadir`]: generation, roster and drain state, written atomically.
+//! - [`sysload`]: host cpu and memory from `/proc`.
+//! - [`logging`]: tracing setup and the `alert=<kind>` events.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod datadir;
+pub mod gossip;
+pub mod logging;
+pub mod server;
+pub mod sysload;
+
+pub use agent::{run, AgentError, Exit, TransportChoice};
+pub use config::{AgentConfig, Settings};

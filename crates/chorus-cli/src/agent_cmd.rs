@@ -1,0 +1,143 @@
+//! `chorus agent`: flags -> settings (over the config file) -> a running agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chorus_agent::config::{parse_tag, Settings};
+use chorus_agent::{logging, Exit, TransportChoice};
+use clap::Args;
+
+/// Agent flags; each may also be set in the `--config` TOML file under the same name
+/// (flags win).
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// TOML config file with the same settings as the flags.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id [default: host name].
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Address to gossip on [default: 0.0.0.0:7946].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Address peers dial to reach this node [default: the listen address, or the local
+    /// address of the route to the first seed].
+    #[arg(long, value_name = "ADDR:PORT")]
+    advertise: Option<String>,
+    /// A peer to join through (repeatable).
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    seeds: Vec<String>,
+    /// Cluster name; agents of other clusters are refused [default: chorus].
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The application's version, part of the version fingerprint.
+    #[arg(long)]
+    app_version: Option<String>,
+    /// A file whose bytes are part of the version fingerprint (repeatable).
+    #[arg(long = "fingerprint-file", value_name = "PATH")]
+    fingerprint_files: Vec<PathBuf>,
+    /// Fingerprint policy: exact or app-major [default: exact].
+    #[arg(long)]
+    compat: Option<String>,
+    /// Where the generation and roster are kept.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The Unix socket to serve.
+    #[arg(long, env = "CHORUS_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Never count quorum against fewer than N members.
+    #[arg(long, value_name = "N")]
+    expect: Option<usize>,
+    /// A tag k=v (repeatable), e.g. read_only=true.
+    #[arg(long = "tag", value_name = "K=V")]
+    tags: Vec<String>,
+    /// Time between gossip rounds, e.g. 500ms [default: 1s].
+    #[arg(long)]
+    gossip_interval: Option<String>,
+    /// text or json [default: text].
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Cluster CA (from `chorus keygen`) to mint this node's certificate from.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+    /// CA certificate of an existing PKI.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// This node's certificate, signed by --ca-cert.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// This node's private key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Run without TLS verification (experiments only).
+    #[arg(long)]
+    insecure: bool,
+    /// Gossip transport: quic or udp.
+    #[arg(long)]
+    transport: Option<String>,
+}
+
+impl AgentArgs {
+    fn settings(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => Settings::from_toml_file(path)?,
+            None => Settings::default(),
+        };
+        let tags = self
+            .tags
+            .iter()
+            .map(|t| parse_tag(t))
+            .collect::<Result<_, _>>()?;
+        let flags = Settings {
+            node_id: self.node_id,
+            listen: self.listen,
+            advertise: self.advertise,
+            seeds: self.seeds,
+            cluster: self.cluster,
+            app_version: self.app_version,
+            fingerprint_files: self.fingerprint_files,
+            compat: self.compat,
+            data_dir: self.data_dir,
+            socket: self.socket,
+            expect: self.expect,
+            tags,
+            gossip_interval: self.gossip_interval,
+            log_format: self.log_format,
+            cluster_key: self.cluster_key,
+            ca_cert: self.ca_cert,
+            cert: self.cert,
+            key: self.key,
+            insecure: self.insecure.then_some(true),
+            transport: self.transport,
+        };
+        Ok(flags.over(file))
+    }
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let config = args.settings()?.validate()?;
+    logging::init(config.log_format);
+    let exit = chorus_agent::run(config, TransportChoice::FromConfig, shutdown_signal())
+        .await
+        .context("agent failed")?;
+    match exit {
+        Exit::Left | Exit::Shutdown => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the default action (exit) still stops the process.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: leaving"),
+        _ = int.recv() => tracing::info!("SIGINT: leaving"),
+    }
+}

@@ -1,0 +1,139 @@
+//! `chorus`: the agent and the commands that talk to it.
+//!
+//! Exit codes: 0 success (or "yes"), 1 failure (or "no": `leader` with no leader, a missing
+//! agent), 2 bad usage.
+
+mod agent_cmd;
+mod query;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// chorus: peer-to-peer cluster membership, split-brain detection and leader election.
+#[derive(Parser, Debug)]
+#[command(name = "chorus", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// The agent's Unix socket [default: /run/chorus/chorus.sock as root,
+    /// else $XDG_RUNTIME_DIR/chorus.sock, else /tmp/chorus-$UID.sock]
+    #[arg(long, env = "CHORUS_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ClientOpts {
+    fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(chorus_agent::api::default_socket_path)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent.
+    Agent(Box<agent_cmd::AgentArgs>),
+    /// Table of members: id, address, status, state, version, load, leader mark.
+    Members {
+        /// Only members with this status (alive, suspect, dead, left, rejected).
+        #[arg(long)]
+        status: Option<chorus_core::member::Status>,
+        /// Only members carrying this tag (repeatable).
+        #[arg(long = "tag", value_name = "K=V", value_parser = query::parse_tag)]
+        tags: Vec<(String, String)>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// This node: id, cluster, fingerprint, alive/roster counts, quorum, partition, leader.
+    Status {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Report the application's active session count.
+    Load {
+        /// Number of active sessions (0 or more).
+        #[arg(long)]
+        sessions: u64,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Leave the cluster gracefully and stop the agent.
+    Leave {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stream events: joins, failures, leaves, alerts (one JSON object a line with --json).
+    Watch {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chorus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => agent_cmd::run(*args).await,
+            Command::Members {
+                status,
+                tags,
+                client,
+            } => query::members(&client, status, &tags).await,
+            Command::Status { client } => query::status(&client).await,
+            Command::Load { sessions, client } => query::load(&client, sessions).await,
+            Command::Leave { client } => query::leave(&client).await,
+            Command::Watch { client } => query::watch(&client).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chorus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_session_counts_are_usage_errors() {
+        for bad in ["-1", "abc", ""] {
+            assert!(
+                Cli::try_parse_from(["chorus", "load", "--sessions", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["chorus", "members", "--tag", "noequals"]).is_err());
+        assert!(Cli::try_parse_from(["chorus", "members", "--status", "sleepy"]).is_err());
+    }
+}

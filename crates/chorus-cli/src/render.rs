@@ -1,0 +1,94 @@
+//! Human-readable tables and lines.
+
+use std::fmt::Write;
+
+use chorus_agent::api::{StatusReport, WatchEvent};
+use chorus_core::member::Member;
+
+pub fn members_table(members: &[Member]) -> String {
+    let header = [
+        "NODE", "ADDR", "STATUS", "STATE", "VERSION", "CPU", "MEM", "SESS", "LEADER", "TAGS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for m in members {
+        let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut status = m.status.to_string();
+        if let Some(reason) = &m.reason {
+            status = format!("{status} ({reason})");
+        }
+        rows.push(vec![
+            if m.is_self {
+                format!("{}*", m.node_id)
+            } else {
+                m.node_id.clone()
+            },
+            m.addr.to_string(),
+            status,
+            m.state.as_str().to_string(),
+            m.app_version.clone().unwrap_or_else(|| "-".into()),
+            format!("{:.2}", m.load.cpu),
+            format!("{:.0}%", m.load.mem * 100.0),
+            m.load.sessions.to_string(),
+            if m.leader {
+                "yes".into()
+            } else {
+                String::new()
+            },
+            tags.join(","),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+pub fn status_text(s: &StatusReport) -> String {
+    let n = &s.node;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node:        {} ({}, generation {})",
+        n.node_id, s.addr, s.generation
+    );
+    let _ = writeln!(out, "cluster:     {}", n.cluster);
+    let _ = writeln!(
+        out,
+        "version:     {} (fingerprint {})",
+        n.app_version, n.fingerprint
+    );
+    let _ = writeln!(out, "state:       {}", n.state.as_str());
+    let _ = writeln!(
+        out,
+        "members:     {} alive of {} in roster",
+        n.alive, n.roster
+    );
+    let _ = writeln!(
+        out,
+        "quorum:      {} ({})",
+        if n.quorum { "yes" } else { "NO" },
+        n.partition.as_str()
+    );
+    let _ = writeln!(
+        out,
+        "leader:      {}",
+        n.leader
+            .as_deref()
+            .map_or("none".to_string(), |l| format!("{l} (epoch {})", n.epoch))
+    );
+    let _ = writeln!(out, "uptime:      {}s", s.uptime_s);
+    out
+}
+
+pub fn event_line(e: &WatchEvent) -> String {
+    format!("{} alert={} {}", e.time_ms, e.alert.kind(), e.alert)
+}

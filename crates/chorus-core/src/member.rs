@@ -1,0 +1,274 @@
+//! What one node publishes about itself, and what another node concludes about it.
+//!
+//! The gossip schema lives here so that the agent that writes keys and the view that reads
+//! them agree by construction. Keys are short ASCII strings (chitchat panics on a key whose
+//! first character is multi-byte, and every byte of a key is gossiped again and again).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::Fingerprint;
+
+/// A node's identity across restarts (its `--node-id`).
+pub type NodeId = String;
+
+/// Gossip keys. Changing one is a protocol change: bump [`crate::PROTOCOL_VERSION`].
+pub mod keys {
+    pub const FINGERPRINT: &str = "fp";
+    pub const PROTOCOL: &str = "proto";
+    pub const APP_VERSION: &str = "app";
+    pub const FILES: &str = "files";
+    pub const START_MS: &str = "start";
+    pub const STATE: &str = "state";
+    pub const LOAD: &str = "load";
+    /// Prefix of one key per tag: `tag:read_only`.
+    pub const TAG_PREFIX: &str = "tag:";
+}
+
+/// Whether a node takes new sessions; `Left` is published by a graceful stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Active,
+    Draining,
+    Left,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Left => "left",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        match s {
+            "active" => Some(NodeState::Active),
+            "draining" => Some(NodeState::Draining),
+            "left" => Some(NodeState::Left),
+            _ => None,
+        }
+    }
+}
+
+/// Load as published: cpu = 1-min load average / cores, mem = used fraction, sessions as
+/// reported by the application.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    pub cpu: f64,
+    pub mem: f64,
+    pub sessions: u64,
+}
+
+impl Load {
+    /// The `load` gossip value: `cpu,mem,sessions` with two decimals, short on the wire.
+    pub fn to_value(&self) -> String {
+        format!("{:.2},{:.2},{}", self.cpu, self.mem, self.sessions)
+    }
+
+    pub fn parse(value: &str) -> Option<Load> {
+        let mut parts = value.split(',');
+        let cpu = parts
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())?;
+        let mem = parts
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())?;
+        let sessions = parts.next()?.parse::<u64>().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Load { cpu, mem, sessions })
+    }
+}
+
+/// Everything a node publishes in its key space, parsed. Built by [`Published::from_pairs`]
+/// from whatever arrived; absent or malformed keys stay `None` rather than failing the node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Published {
+    pub fingerprint: Option<Fingerprint>,
+    pub start_ms: Option<u64>,
+    pub state: NodeState,
+    pub tags: BTreeMap<String, String>,
+    pub load: Option<Load>,
+}
+
+impl Published {
+    /// Parses a node's key-values. The fingerprint is only taken when all its parts are there,
+    /// so a half-arrived state is "not yet known", never "different".
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Published {
+        let mut out = Published::default();
+        let (mut digest, mut proto, mut app, mut files) = (None, None, None, None);
+        for (key, value) in pairs {
+            match key {
+                keys::FINGERPRINT => digest = Some(value.to_string()),
+                keys::PROTOCOL => proto = value.parse::<u32>().ok(),
+                keys::APP_VERSION => app = Some(value.to_string()),
+                keys::FILES => files = Some(Fingerprint::parse_files_value(value)),
+                keys::START_MS => out.start_ms = value.parse().ok(),
+                keys::STATE => out.state = NodeState::parse(value).unwrap_or_default(),
+                keys::LOAD => out.load = Load::parse(value),
+                _ => {
+                    if let Some(tag) = key.strip_prefix(keys::TAG_PREFIX) {
+                        out.tags.insert(tag.to_string(), value.to_string());
+                    }
+                }
+            }
+        }
+        if let (Some(digest), Some(protocol), Some(app_version), Some(files)) =
+            (digest, proto, app, files)
+        {
+            out.fingerprint = Some(Fingerprint {
+                digest,
+                protocol,
+                app_version,
+                files,
+            });
+        }
+        out
+    }
+
+    /// The key-values that describe the fingerprint and the fixed facts of this run.
+    pub fn identity_pairs(fp: &Fingerprint, start_ms: u64) -> Vec<(String, String)> {
+        vec![
+            (keys::FINGERPRINT.into(), fp.digest.clone()),
+            (keys::PROTOCOL.into(), fp.protocol.to_string()),
+            (keys::APP_VERSION.into(), fp.app_version.clone()),
+            (keys::FILES.into(), fp.files_value()),
+            (keys::START_MS.into(), start_ms.to_string()),
+        ]
+    }
+
+    pub fn tag_key(tag: &str) -> String {
+        format!("{}{tag}", keys::TAG_PREFIX)
+    }
+}
+
+/// How this node sees another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Alive,
+    /// Still alive for the failure detector, but its heartbeat has not moved for a while.
+    Suspect,
+    Dead,
+    Left,
+    /// Its version fingerprint is incompatible: never alive, never counted.
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Dead => "dead",
+            Status::Left => "left",
+            Status::Rejected => "rejected",
+        }
+    }
+
+    /// Counts as a working member (quorum, placement, leader eligibility).
+    pub fn is_up(self) -> bool {
+        matches!(self, Status::Alive | Status::Suspect)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "alive" => Ok(Status::Alive),
+            "suspect" => Ok(Status::Suspect),
+            "dead" => Ok(Status::Dead),
+            "left" => Ok(Status::Left),
+            "rejected" => Ok(Status::Rejected),
+            other => Err(format!(
+                "unknown status {other:?} (expected alive, suspect, dead, left or rejected)"
+            )),
+        }
+    }
+}
+
+/// One row of `members`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: NodeId,
+    pub addr: SocketAddr,
+    pub generation: u64,
+    pub status: Status,
+    pub state: NodeState,
+    pub app_version: Option<String>,
+    pub fingerprint: Option<String>,
+    pub load: Load,
+    pub tags: BTreeMap<String, String>,
+    pub start_ms: Option<u64>,
+    /// Why a `rejected` node was refused.
+    pub reason: Option<String>,
+    pub leader: bool,
+    /// This row is the node answering.
+    pub is_self: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn load_round_trips_and_rejects_junk() {
+        let l = Load {
+            cpu: 0.5,
+            mem: 0.25,
+            sessions: 7,
+        };
+        assert_eq!(Load::parse(&l.to_value()), Some(l));
+        for junk in [
+            "", "1,2", "a,b,c", "1,2,-3", "1,2,3,4", "NaN,1,1", "inf,1,1",
+        ] {
+            assert_eq!(Load::parse(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn half_arrived_fingerprint_is_unknown_not_different() {
+        let p = Published::from_pairs([("fp", "abc"), ("app", "1.0")]);
+        assert!(p.fingerprint.is_none());
+    }
+
+    #[test]
+    fn published_round_trips_identity_tags_and_state() {
+        let fp = Fingerprint::compute(1, "3.2", &[("f".into(), b"x".to_vec())]);
+        let mut pairs = Published::identity_pairs(&fp, 42);
+        pairs.push((Published::tag_key("read_only"), "true".into()));
+        pairs.push((keys::STATE.into(), "draining".into()));
+        let p = Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(p.fingerprint, Some(fp));
+        assert_eq!(p.start_ms, Some(42));
+        assert_eq!(p.state, NodeState::Draining);
+        assert_eq!(p.tags.get("read_only").map(String::as_str), Some("true"));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_pairs_never_panic(pairs in proptest::collection::vec((".{0,8}", ".{0,16}"), 0..16)) {
+            let _ = Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+    }
+}
