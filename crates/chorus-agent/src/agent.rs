@@ -54,13 +54,24 @@ pub enum AgentError {
     Advertise(String),
 }
 
+/// How the caller asks the agent to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Publish `left`, let it spread, then stop (SIGTERM, SIGINT).
+    Graceful,
+    /// Stop at once without a word, as `kill -9` would: for in-process tests of failures.
+    Crash,
+}
+
 /// How the agent ended when it ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// `chorus leave`.
     Left,
-    /// The shutdown future completed (SIGTERM, SIGINT, a test).
+    /// The shutdown future asked for a graceful stop (SIGTERM, SIGINT, a test).
     Shutdown,
+    /// The shutdown future asked for a crash.
+    Crashed,
 }
 
 /// Which transport carries gossip.
@@ -71,12 +82,12 @@ pub enum TransportChoice {
     Custom(Arc<dyn Transport>),
 }
 
-/// Runs an agent until `shutdown` completes or a client asks it to leave; both publish `left`
-/// and wait (bounded) for it to spread before returning.
+/// Runs an agent until `shutdown` completes or a client asks it to leave. A graceful stop and
+/// a leave publish `left` and wait (bounded) for it to spread before returning.
 pub async fn run(
     config: AgentConfig,
     transport: TransportChoice,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
 ) -> Result<Exit, AgentError> {
     let started = Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
@@ -197,7 +208,10 @@ pub async fn run(
                 }
                 Input::Leave(reply) => break Ok((Exit::Left, Some(reply))),
             },
-            _ = &mut shutdown => break Ok((Exit::Shutdown, None)),
+            stop = &mut shutdown => match stop {
+                Stop::Graceful => break Ok((Exit::Shutdown, None)),
+                Stop::Crash => break Ok((Exit::Crashed, None)),
+            },
             result = &mut gossip_died => {
                 let reason = match result { Ok(()) => "it exited".to_string(), Err(e) => format!("{e:#}") };
                 break Err(AgentError::GossipDied(reason));
@@ -213,6 +227,10 @@ pub async fn run(
             return Err(e);
         }
     };
+    if exit == Exit::Crashed {
+        agent.chitchat.abort();
+        return Ok(exit);
+    }
     agent.leave(config.gossip_interval).await;
     if let Some(reply) = reply {
         let _ = reply.send(Response::Done {

@@ -24,5 +24,5 @@ pub mod logging;
 pub mod server;
 pub mod sysload;
 
-pub use agent::{run, AgentError, Exit, TransportChoice};
+pub use agent::{run, AgentError, Exit, Stop, TransportChoice};
 pub use config::{AgentConfig, Settings};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chorus_agent::config::{parse_tag, Settings};
-use chorus_agent::{logging, Exit, TransportChoice};
+use chorus_agent::{logging, Exit, Stop, TransportChoice};
 use clap::Args;
 
 /// Agent flags; each may also be set in the `--config` TOML file under the same name
@@ -122,12 +122,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("agent failed")?;
     match exit {
-        Exit::Left | Exit::Shutdown => Ok(ExitCode::SUCCESS),
+        Exit::Left | Exit::Shutdown | Exit::Crashed => Ok(ExitCode::SUCCESS),
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: a graceful stop.
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -140,4 +140,5 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: leaving"),
         _ = int.recv() => tracing::info!("SIGINT: leaving"),
     }
+    Stop::Graceful
 }
