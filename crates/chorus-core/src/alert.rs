@@ -41,6 +41,39 @@ pub enum Alert {
         addr: Option<SocketAddr>,
         reason: String,
     },
+    /// Several members were lost within one window: a partition, not N separate failures.
+    SplitBrainSuspected {
+        lost: Vec<NodeId>,
+        reachable: Vec<NodeId>,
+    },
+    /// This node no longer sees a majority of the roster: it is on the minority side.
+    QuorumLost {
+        reachable: Vec<NodeId>,
+        unreachable: Vec<NodeId>,
+    },
+    QuorumRegained {
+        reachable: Vec<NodeId>,
+    },
+    /// The members lost in a split are back.
+    SplitBrainHealed {
+        duration_ms: u64,
+        ours: Vec<NodeId>,
+        theirs: Vec<NodeId>,
+    },
+    /// A dead member was removed from the roster (by a node with quorum, or by `forget`).
+    NodeReaped {
+        node: NodeId,
+        forgotten: bool,
+    },
+    LeaderChanged {
+        old: Option<NodeId>,
+        new: Option<NodeId>,
+        epoch: u64,
+    },
+    /// Two live nodes claimed leadership at once. Must never happen: a bug detector.
+    DualLeader {
+        leaders: Vec<(NodeId, u64)>,
+    },
 }
 
 impl Alert {
@@ -51,13 +84,28 @@ impl Alert {
             Alert::NodeFailed { .. } => "node_failed",
             Alert::NodeLeft { .. } => "node_left",
             Alert::VersionRejected { .. } => "version_rejected",
+            Alert::SplitBrainSuspected { .. } => "split_brain_suspected",
+            Alert::QuorumLost { .. } => "quorum_lost",
+            Alert::QuorumRegained { .. } => "quorum_regained",
+            Alert::SplitBrainHealed { .. } => "split_brain_healed",
+            Alert::NodeReaped { .. } => "node_reaped",
+            Alert::LeaderChanged { .. } => "leader_changed",
+            Alert::DualLeader { .. } => "dual_leader",
         }
     }
 
     pub fn severity(&self) -> Severity {
         match self {
-            Alert::NodeJoined { .. } | Alert::NodeLeft { .. } => Severity::Info,
-            Alert::NodeFailed { .. } | Alert::VersionRejected { .. } => Severity::Warn,
+            Alert::NodeJoined { .. }
+            | Alert::NodeLeft { .. }
+            | Alert::NodeReaped { .. }
+            | Alert::QuorumRegained { .. } => Severity::Info,
+            Alert::NodeFailed { .. }
+            | Alert::VersionRejected { .. }
+            | Alert::SplitBrainSuspected { .. }
+            | Alert::SplitBrainHealed { .. }
+            | Alert::LeaderChanged { .. } => Severity::Warn,
+            Alert::QuorumLost { .. } | Alert::DualLeader { .. } => Severity::Error,
         }
     }
 
@@ -67,7 +115,10 @@ impl Alert {
             Alert::NodeJoined { node, .. }
             | Alert::NodeFailed { node, .. }
             | Alert::NodeLeft { node }
-            | Alert::VersionRejected { node, .. } => Some(node),
+            | Alert::VersionRejected { node, .. }
+            | Alert::NodeReaped { node, .. } => Some(node),
+            Alert::LeaderChanged { new, .. } => new.as_deref(),
+            _ => None,
         }
     }
 }
@@ -91,6 +142,52 @@ impl fmt::Display for Alert {
             Alert::VersionRejected { node, reason, .. } => {
                 write!(f, "node {node} refused: {reason}")
             }
+            Alert::SplitBrainSuspected { lost, reachable } => write!(
+                f,
+                "split-brain suspected: lost {} at once; reachable {}",
+                list(lost),
+                list(reachable)
+            ),
+            Alert::QuorumLost { reachable, unreachable } => write!(
+                f,
+                "quorum lost: this node is on the minority side; reachable {}, unreachable {}",
+                list(reachable),
+                list(unreachable)
+            ),
+            Alert::QuorumRegained { reachable } => {
+                write!(f, "quorum regained; reachable {}", list(reachable))
+            }
+            Alert::SplitBrainHealed { duration_ms, ours, theirs } => write!(
+                f,
+                "split-brain healed after {:.1}s: this side {}, other side {}",
+                *duration_ms as f64 / 1000.0,
+                list(ours),
+                list(theirs)
+            ),
+            Alert::NodeReaped { node, forgotten: true } => {
+                write!(f, "node {node} forgotten: removed from the roster")
+            }
+            Alert::NodeReaped { node, forgotten: false } => {
+                write!(f, "node {node} reaped: dead too long, removed from the roster")
+            }
+            Alert::LeaderChanged { old, new, epoch } => write!(
+                f,
+                "leader changed from {} to {} (epoch {epoch})",
+                old.as_deref().unwrap_or("none"),
+                new.as_deref().unwrap_or("none")
+            ),
+            Alert::DualLeader { leaders } => {
+                let l: Vec<String> = leaders.iter().map(|(n, e)| format!("{n} (epoch {e})")).collect();
+                write!(f, "two leaders at once: {}", l.join(" and "))
+            }
         }
+    }
+}
+
+fn list(ids: &[NodeId]) -> String {
+    if ids.is_empty() {
+        "none".to_string()
+    } else {
+        format!("[{}]", ids.join(","))
     }
 }

@@ -10,6 +10,8 @@
 //! - [`view`]: from gossip observations to one status per node id.
 //! - [`roster`]: the persisted set of known members that quorum is counted against.
 //! - [`quorum`]: majority / minority / forming, with the keep-majority tie-break.
+//! - [`split`]: failures and quorum changes -> `split_brain_suspected`, `quorum_lost`, ...
+//! - [`leader`]: the quorum lease over gossip that elects one leader with a fencing epoch.
 //! - [`load`]: when load is worth re-publishing.
 //! - [`alert`]: what happened, as data (the agent logs it as `alert=<kind>`).
 //! - [`node`]: the state machine tying these together: `handle_*` in, `poll_effect` out.
@@ -17,11 +19,13 @@
 
 pub mod alert;
 pub mod fingerprint;
+pub mod leader;
 pub mod load;
 pub mod member;
 pub mod node;
 pub mod quorum;
 pub mod roster;
+pub mod split;
 pub mod view;
 
 pub use fingerprint::PROTOCOL_VERSION;

@@ -26,6 +26,12 @@ pub mod keys {
     pub const LOAD: &str = "load";
     /// Prefix of one key per tag: `tag:read_only`.
     pub const TAG_PREFIX: &str = "tag:";
+    /// The node this node votes for as leader (empty: no vote).
+    pub const VOTE: &str = "vote";
+    /// The epoch of the leadership this node claims (empty: not leading).
+    pub const LEAD: &str = "lead";
+    /// The largest fencing epoch this node has seen.
+    pub const EPOCH: &str = "epoch";
 }
 
 /// Whether a node takes new sessions; `Left` is published by a graceful stop.
@@ -101,6 +107,12 @@ pub struct Published {
     pub state: NodeState,
     pub tags: BTreeMap<String, String>,
     pub load: Option<Load>,
+    /// Whom this node votes for as leader.
+    pub vote: Option<NodeId>,
+    /// The epoch of the leadership this node claims.
+    pub lead: Option<u64>,
+    /// The largest epoch this node has seen.
+    pub epoch: u64,
 }
 
 impl Published {
@@ -118,6 +130,9 @@ impl Published {
                 keys::START_MS => out.start_ms = value.parse().ok(),
                 keys::STATE => out.state = NodeState::parse(value).unwrap_or_default(),
                 keys::LOAD => out.load = Load::parse(value),
+                keys::VOTE => out.vote = (!value.is_empty()).then(|| value.to_string()),
+                keys::LEAD => out.lead = value.parse().ok(),
+                keys::EPOCH => out.epoch = value.parse().unwrap_or(0),
                 _ => {
                     if let Some(tag) = key.strip_prefix(keys::TAG_PREFIX) {
                         out.tags.insert(tag.to_string(), value.to_string());

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
+use crate::leader::{Election, ElectionInput, ElectionOutput};
+use crate::split::{SplitDetector, SplitOutput};
 use crate::fingerprint::{CompatPolicy, Fingerprint};
 use crate::load::{LoadPolicy, LoadTracker};
 use crate::member::{keys, Member, NodeId, NodeState, Status};
@@ -35,6 +37,23 @@ pub struct NodeConfig {
     /// Floor of the roster size for quorum (`--expect`).
     pub expect: usize,
     pub load: LoadPolicy,
+    /// Failures closer together than this are one split-brain alert, not several.
+    pub split_window: Duration,
+    /// A member dead this long is removed from the roster by a node with quorum.
+    pub reap_after: Duration,
+    /// How long a vote counts after the voter was last heard from; voters wait twice this
+    /// before moving their vote from a silent leader.
+    pub lease: Duration,
+}
+
+impl NodeConfig {
+    /// Timings derived from the gossip interval (docs/leader.md explains the numbers).
+    pub fn timings(gossip_interval: Duration) -> (Duration, Duration, Duration) {
+        let suspect_after = gossip_interval * 4;
+        let split_window = (gossip_interval * 3).max(Duration::from_secs(2));
+        let lease = (gossip_interval * 4).max(Duration::from_secs(2));
+        (suspect_after, split_window, lease)
+    }
 }
 
 /// What the agent must do on the node's behalf.
@@ -46,6 +65,28 @@ pub enum Effect {
     Alert(Alert),
     /// Write the roster to the data dir (atomically).
     PersistRoster(Vec<RosterEntry>),
+    /// Write the largest epoch seen to the data dir, before acting on it.
+    PersistEpoch(u64),
+    /// Quorum was just lost: run `--on-split-brain`, or exit with `--panic-exit`.
+    SplitBrain {
+        reachable: Vec<NodeId>,
+        unreachable: Vec<NodeId>,
+    },
+    /// This node became leader: start scheduled tasks with this fencing epoch.
+    LeadershipAcquired { epoch: u64 },
+    /// This node stopped leading: stop scheduled tasks now.
+    LeadershipLost { epoch: u64 },
+}
+
+/// Why `forget` was refused. The roster is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    #[error("node {0} is not in the roster")]
+    Unknown(NodeId),
+    #[error("node {0} is up: stop it (or let it leave) before forgetting it")]
+    Up(NodeId),
+    #[error("a node cannot forget itself")]
+    Itself,
 }
 
 /// `chorus status`.
@@ -73,12 +114,23 @@ pub struct Node {
     state: NodeState,
     /// The reason last alerted for each rejected node, so a refusal is reported once.
     rejections: HashMap<NodeId, String>,
+    /// Since when each roster member has been down, for reaping.
+    down_since: HashMap<NodeId, Instant>,
+    split: SplitDetector,
+    election: Election,
     effects: VecDeque<Effect>,
 }
 
 impl Node {
-    /// `roster` is what the data dir remembered; this node is always part of its own roster.
-    pub fn new(config: NodeConfig, mut roster: Roster, state: NodeState) -> Node {
+    /// `roster`, `state` and `epoch` are what the data dir remembered; this node is always part
+    /// of its own roster.
+    pub fn new(
+        now: Instant,
+        config: NodeConfig,
+        mut roster: Roster,
+        state: NodeState,
+        epoch: u64,
+    ) -> Node {
         let mut effects = VecDeque::new();
         if roster.upsert(&config.node_id, config.advertise_addr) {
             effects.push_back(Effect::PersistRoster(roster.entries()));
@@ -87,8 +139,15 @@ impl Node {
             key: keys::STATE.into(),
             value: state.as_str().into(),
         });
+        effects.push_back(Effect::Publish {
+            key: keys::EPOCH.into(),
+            value: epoch.to_string(),
+        });
         Node {
             load: LoadTracker::new(config.load.clone()),
+            split: SplitDetector::new(config.split_window),
+            election: Election::new(now, config.lease, epoch),
+            down_since: HashMap::new(),
             config,
             roster,
             view: MemberView::default(),
@@ -102,7 +161,8 @@ impl Node {
         &self.config
     }
 
-    /// A full gossip snapshot: every incarnation chitchat knows, this node's included.
+    /// A full gossip snapshot: every incarnation chitchat knows, this node's included. Also
+    /// the clock tick: held failures, leases and reaping are judged here.
     pub fn handle_gossip(&mut self, now: Instant, observations: &[Observation]) {
         let before: HashMap<NodeId, (Status, u64)> = self
             .view
@@ -124,7 +184,11 @@ impl Node {
                 continue;
             }
             let prev = before.get(&m.node_id).copied();
-            alerts.extend(transition_alert(prev, m));
+            match transition_alert(prev, m) {
+                Some(Alert::NodeFailed { node, addr }) => self.split.on_failure(now, &node, addr),
+                Some(alert) => alerts.push(alert),
+                None => {}
+            }
             match m.status {
                 Status::Alive | Status::Suspect => {
                     roster_changed |= self.roster.upsert(&m.node_id, m.addr);
@@ -132,6 +196,8 @@ impl Node {
                 }
                 Status::Left => roster_changed |= self.roster.remove(&m.node_id),
                 Status::Rejected => {
+                    // Another version is not a member: it must not count against quorum.
+                    roster_changed |= self.roster.remove(&m.node_id);
                     let reason = m.reason.clone().unwrap_or_default();
                     if self.rejections.get(&m.node_id) != Some(&reason) {
                         self.rejections.insert(m.node_id.clone(), reason.clone());
@@ -146,10 +212,133 @@ impl Node {
             }
         }
         self.effects.extend(alerts.into_iter().map(Effect::Alert));
+
+        let quorum = self.quorum();
+        roster_changed |= self.reap(now, quorum.quorum && quorum.partition == Partition::Majority);
         if roster_changed {
             self.effects
                 .push_back(Effect::PersistRoster(self.roster.entries()));
         }
+
+        let quorum = self.quorum();
+        let roster_ids: BTreeSet<NodeId> = self.roster.ids().cloned().collect();
+        let up = self.up_ids();
+        for output in self.split.poll(now, &roster_ids, &up, &quorum) {
+            self.effects.push_back(match output {
+                SplitOutput::Alert(a) => Effect::Alert(a),
+                SplitOutput::Panic {
+                    reachable,
+                    unreachable,
+                } => Effect::SplitBrain {
+                    reachable,
+                    unreachable,
+                },
+            });
+        }
+        self.run_election(now, &roster_ids, &quorum);
+    }
+
+    fn run_election(&mut self, now: Instant, roster: &BTreeSet<NodeId>, q: &quorum::QuorumAssessment) {
+        let input = ElectionInput {
+            now,
+            self_id: &self.config.node_id,
+            view: &self.view,
+            roster,
+            counted: q.counted,
+            quorum: q.quorum && q.partition == Partition::Majority,
+            self_state: self.state,
+        };
+        for output in self.election.step(&input) {
+            let effect = match output {
+                ElectionOutput::Vote(v) => Effect::Publish {
+                    key: keys::VOTE.into(),
+                    value: v.unwrap_or_default(),
+                },
+                ElectionOutput::PersistEpoch(e) => Effect::PersistEpoch(e),
+                ElectionOutput::MaxEpoch(e) => Effect::Publish {
+                    key: keys::EPOCH.into(),
+                    value: e.to_string(),
+                },
+                ElectionOutput::Acquired { epoch } => {
+                    self.effects.push_back(Effect::Publish {
+                        key: keys::LEAD.into(),
+                        value: epoch.to_string(),
+                    });
+                    Effect::LeadershipAcquired { epoch }
+                }
+                ElectionOutput::Lost { epoch } => {
+                    self.effects.push_back(Effect::Publish {
+                        key: keys::LEAD.into(),
+                        value: String::new(),
+                    });
+                    Effect::LeadershipLost { epoch }
+                }
+                ElectionOutput::Alert(a) => Effect::Alert(a),
+            };
+            self.effects.push_back(effect);
+        }
+        let leader = self.election.observed_leader().map(|(n, _)| n.to_string());
+        self.view.set_leader(leader.as_deref());
+    }
+
+    /// Removes members down for longer than `reap_after`; only a node on the majority side
+    /// may (a minority never talks itself into a quorum).
+    fn reap(&mut self, now: Instant, allowed: bool) -> bool {
+        let down: Vec<NodeId> = self
+            .roster
+            .ids()
+            .filter(|id| **id != self.config.node_id)
+            .filter(|id| !self.view.get(id).is_some_and(|m| m.status.is_up()))
+            .cloned()
+            .collect();
+        self.down_since.retain(|id, _| down.contains(id));
+        let mut changed = false;
+        for id in down {
+            let since = *self.down_since.entry(id.clone()).or_insert(now);
+            if allowed && now.saturating_duration_since(since) >= self.config.reap_after {
+                self.roster.remove(&id);
+                self.down_since.remove(&id);
+                self.effects.push_back(Effect::Alert(Alert::NodeReaped {
+                    node: id,
+                    forgotten: false,
+                }));
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// `chorus forget NODE`: removes a dead member from the roster at once.
+    pub fn handle_forget(&mut self, node: &str) -> Result<(), ForgetError> {
+        if node == self.config.node_id {
+            return Err(ForgetError::Itself);
+        }
+        if !self.roster.contains(node) {
+            return Err(ForgetError::Unknown(node.to_string()));
+        }
+        if self.view.get(node).is_some_and(|m| m.status.is_up()) {
+            return Err(ForgetError::Up(node.to_string()));
+        }
+        self.roster.remove(node);
+        self.down_since.remove(node);
+        self.effects.push_back(Effect::Alert(Alert::NodeReaped {
+            node: node.to_string(),
+            forgotten: true,
+        }));
+        self.effects
+            .push_back(Effect::PersistRoster(self.roster.entries()));
+        Ok(())
+    }
+
+    fn up_ids(&self) -> BTreeSet<NodeId> {
+        let mut up: BTreeSet<NodeId> = self
+            .view
+            .members()
+            .filter(|m| m.status.is_up())
+            .map(|m| m.node_id.clone())
+            .collect();
+        up.insert(self.config.node_id.clone());
+        up
     }
 
     /// A fresh cpu/memory sample from the host.
@@ -170,6 +359,9 @@ impl Node {
             return false;
         }
         self.state = state;
+        if state != NodeState::Active {
+            self.step_down();
+        }
         self.publish_state();
         true
     }
@@ -179,7 +371,21 @@ impl Node {
     pub fn handle_leave(&mut self) {
         if self.state != NodeState::Left {
             self.state = NodeState::Left;
+            self.step_down();
             self.publish_state();
+        }
+    }
+
+    /// Stops leading before telling the others this node is no longer eligible, so voters
+    /// may move at once.
+    fn step_down(&mut self) {
+        if let Some(epoch) = self.election.leading() {
+            self.election.force_step_down();
+            self.effects.push_back(Effect::Publish {
+                key: keys::LEAD.into(),
+                value: String::new(),
+            });
+            self.effects.push_back(Effect::LeadershipLost { epoch });
         }
     }
 
@@ -210,22 +416,33 @@ impl Node {
             roster: self.roster.len(),
             quorum: q.quorum,
             partition: q.partition,
-            leader: None,
-            epoch: 0,
+            leader: self.election.observed_leader().map(|(n, _)| n.to_string()),
+            epoch: self
+                .election
+                .observed_leader()
+                .map_or(self.election.max_epoch(), |(_, e)| e),
             state: self.state,
         }
     }
 
     pub fn quorum(&self) -> quorum::QuorumAssessment {
         let roster: BTreeSet<NodeId> = self.roster.ids().cloned().collect();
-        let mut up: BTreeSet<NodeId> = self
-            .view
-            .members()
-            .filter(|m| m.status.is_up())
-            .map(|m| m.node_id.clone())
-            .collect();
-        up.insert(self.config.node_id.clone());
-        quorum::assess(&roster, &up, self.config.expect)
+        quorum::assess(&roster, &self.up_ids(), self.config.expect)
+    }
+
+    /// The epoch this node leads with, if it leads.
+    pub fn leading(&self) -> Option<u64> {
+        self.election.leading()
+    }
+
+    /// The leader this node sees, and its epoch.
+    pub fn leader(&self) -> Option<(&str, u64)> {
+        self.election.observed_leader()
+    }
+
+    /// When the node next needs a call even if gossip says nothing new.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.split.next_deadline()
     }
 
     fn publish_state(&mut self) {

@@ -34,6 +34,16 @@ pub struct Observation {
     pub published: Published,
 }
 
+/// What the view remembers of a node beyond its `members` row: the facts election needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    /// When this node last saw the heartbeat move (for itself: now).
+    pub last_advance: Instant,
+    pub vote: Option<NodeId>,
+    pub lead: Option<u64>,
+    pub epoch: u64,
+}
+
 /// The fixed facts the view is judged against.
 #[derive(Clone, Debug)]
 pub struct ViewContext<'a> {
@@ -54,6 +64,7 @@ struct HeartbeatSeen {
 pub struct MemberView {
     heartbeats: HashMap<NodeId, HeartbeatSeen>,
     members: BTreeMap<NodeId, Member>,
+    seen: BTreeMap<NodeId, Seen>,
 }
 
 impl MemberView {
@@ -77,9 +88,24 @@ impl MemberView {
         }
 
         let mut members = BTreeMap::new();
+        let mut seen = BTreeMap::new();
         for (id, obs) in newest {
             let is_self = id == ctx.self_id;
             let (status, reason) = self.judge(now, obs, is_self, ctx);
+            let last_advance = if is_self {
+                now
+            } else {
+                self.heartbeats.get(id).map_or(now, |h| h.changed_at)
+            };
+            seen.insert(
+                id.to_string(),
+                Seen {
+                    last_advance,
+                    vote: obs.published.vote.clone(),
+                    lead: obs.published.lead,
+                    epoch: obs.published.epoch,
+                },
+            );
             let previous_leader = self.members.get(id).is_some_and(|m| m.leader);
             members.insert(
                 id.to_string(),
@@ -125,6 +151,7 @@ impl MemberView {
         }
         self.heartbeats.retain(|id, _| members.contains_key(id));
         self.members = members;
+        self.seen = seen;
     }
 
     fn judge(
@@ -145,9 +172,6 @@ impl MemberView {
                 return (Status::Rejected, Some(mismatch.to_string()));
             }
         }
-        if !obs.live {
-            return (Status::Dead, None);
-        }
         let seen = self
             .heartbeats
             .entry(obs.node_id.clone())
@@ -163,7 +187,9 @@ impl MemberView {
                 changed_at: now,
             };
         }
-        if now.saturating_duration_since(seen.changed_at) >= ctx.suspect_after {
+        if !obs.live {
+            (Status::Dead, None)
+        } else if now.saturating_duration_since(seen.changed_at) >= ctx.suspect_after {
             (Status::Suspect, None)
         } else {
             (Status::Alive, None)
@@ -176,5 +202,16 @@ impl MemberView {
 
     pub fn get(&self, node_id: &str) -> Option<&Member> {
         self.members.get(node_id)
+    }
+
+    /// Election facts of a node gossip knows (absent for roster-only rows).
+    pub fn seen(&self, node_id: &str) -> Option<&Seen> {
+        self.seen.get(node_id)
+    }
+
+    pub(crate) fn set_leader(&mut self, leader: Option<&str>) {
+        for m in self.members.values_mut() {
+            m.leader = Some(m.node_id.as_str()) == leader;
+        }
     }
 }
