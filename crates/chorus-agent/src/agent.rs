@@ -22,9 +22,11 @@ use crate::api::{Response, StatusReport, WatchEvent};
 use crate::config::AgentConfig;
 use crate::datadir::{DataDir, DataDirError, PersistedState};
 use crate::gossip;
+use crate::hooks;
 use crate::logging::log_alert;
 use crate::server::{self, ApiView, Input, ServerState};
 use crate::sysload;
+use crate::tasks::TaskRunner;
 
 /// How often host load is sampled.
 const LOAD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -52,6 +54,8 @@ pub enum AgentError {
     GossipDied(String),
     #[error("cannot find an address to advertise: {0}; set --advertise")]
     Advertise(String),
+    #[error("quorum lost and --panic-exit is set: exiting (cluster panic)")]
+    Panic,
 }
 
 /// How the caller asks the agent to stop.
@@ -89,7 +93,7 @@ pub async fn run(
     transport: TransportChoice,
     shutdown: impl Future<Output = Stop>,
 ) -> Result<Exit, AgentError> {
-    let started = Instant::now();
+    let started = now();
     let data_dir = DataDir::open(&config.data_dir)?;
     let persisted = data_dir.begin_generation(&config.node_id, unix_ms())?;
     let fingerprint = compute_fingerprint(&config)?;
@@ -98,15 +102,19 @@ pub async fn run(
         None => derive_advertise(config.listen, &config.seeds)?,
     };
 
+    let (suspect_after, split_window, lease) = NodeConfig::timings(config.gossip_interval);
     let node_config = NodeConfig {
         node_id: config.node_id.clone(),
         cluster: config.cluster.clone(),
         advertise_addr: advertise,
         fingerprint: fingerprint.clone(),
         policy: config.compat,
-        suspect_after: config.gossip_interval * 4,
+        suspect_after,
         expect: config.expect,
         load: LoadPolicy::default(),
+        split_window,
+        reap_after: config.reap_after,
+        lease,
     };
     let roster = Roster::from_entries(persisted.roster.clone());
     let mut seeds = config.seeds.clone();
@@ -121,7 +129,7 @@ pub async fn run(
         .state
         .filter(|s| *s != NodeState::Left)
         .unwrap_or_default();
-    let node = Node::new(node_config, roster, initial_state);
+    let node = Node::new(now(), node_config, roster, initial_state, persisted.epoch);
 
     let mut initial_kvs = Published::identity_pairs(&fingerprint, unix_ms());
     for (k, v) in &config.tags {
@@ -150,7 +158,12 @@ pub async fn run(
     let (listener, owner_uid) = server::bind(&config.socket).await?;
     let (inputs_tx, mut inputs) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(WATCH_BUFFER);
+    let writable = config.tags.get("read_only").map(String::as_str) != Some("true");
     let mut agent = Running {
+        tasks: TaskRunner::new(config.tasks.clone(), config.node_id.clone(), writable),
+        on_split_brain: config.on_split_brain.clone(),
+        panic_exit: config.panic_exit,
+        panicked: false,
         node,
         chitchat,
         data_dir,
@@ -163,7 +176,7 @@ pub async fn run(
         started,
         advertise,
     };
-    agent.step(Instant::now()).await;
+    agent.step(now()).await;
     let server_task = tokio::spawn(server::serve(
         listener,
         ServerState {
@@ -191,7 +204,7 @@ pub async fn run(
     let outcome = loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = Instant::now();
+                let now = now();
                 if last_load_sample.is_none_or(|t| now.duration_since(t) >= LOAD_SAMPLE_EVERY) {
                     last_load_sample = Some(now);
                     if let Some((cpu, mem)) = sysload::sample() {
@@ -199,12 +212,30 @@ pub async fn run(
                     }
                 }
                 agent.step(now).await;
+                if agent.panicked {
+                    break Err(AgentError::Panic);
+                }
             }
             Some(input) = inputs.recv() => match input {
                 Input::Sessions(n, reply) => {
-                    agent.node.handle_sessions(Instant::now(), n);
-                    agent.step(Instant::now()).await;
+                    agent.node.handle_sessions(now(), n);
+                    agent.step(now()).await;
                     let _ = reply.send(Response::Done { message: format!("sessions = {n}") });
+                }
+                Input::Forget(node, reply) => {
+                    let response = match agent.node.handle_forget(&node) {
+                        Ok(()) => Response::Done { message: format!("{node} forgotten") },
+                        Err(e) => Response::Error { message: e.to_string() },
+                    };
+                    agent.step(now()).await;
+                    let _ = reply.send(response);
+                }
+                Input::SetState(state, reply) => {
+                    let changed = agent.node.handle_set_state(state);
+                    agent.step(now()).await;
+                    agent.persist();
+                    let message = if changed { format!("now {}", state.as_str()) } else { format!("already {}", state.as_str()) };
+                    let _ = reply.send(Response::Done { message });
                 }
                 Input::Leave(reply) => break Ok((Exit::Left, Some(reply))),
             },
@@ -220,10 +251,12 @@ pub async fn run(
     };
     server_task.abort();
     let _ = std::fs::remove_file(&config.socket);
+    agent.tasks.stop();
     let (exit, reply) = match outcome {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "agent stopping");
+            agent.chitchat.abort();
             return Err(e);
         }
     };
@@ -243,6 +276,11 @@ pub async fn run(
 }
 
 struct Running {
+    tasks: TaskRunner,
+    on_split_brain: Option<String>,
+    panic_exit: bool,
+    /// Quorum was lost with `--panic-exit`: the loop must end.
+    panicked: bool,
     node: Node,
     chitchat: ChitchatHandle,
     data_dir: DataDir,
@@ -285,6 +323,33 @@ impl Running {
                     self.persisted.roster = entries;
                     self.persist();
                 }
+                Effect::PersistEpoch(epoch) => {
+                    self.persisted.epoch = self.persisted.epoch.max(epoch);
+                    self.persist();
+                }
+                Effect::SplitBrain {
+                    reachable,
+                    unreachable,
+                } => {
+                    if self.panic_exit {
+                        self.panicked = true;
+                    } else if let Some(cmd) = &self.on_split_brain {
+                        hooks::spawn_split_brain_hook(
+                            cmd.clone(),
+                            self.node.config().node_id.clone(),
+                            reachable,
+                            unreachable,
+                        );
+                    }
+                }
+                Effect::LeadershipAcquired { epoch } => {
+                    tracing::info!(epoch, "this node is now the leader");
+                    self.tasks.start(epoch);
+                }
+                Effect::LeadershipLost { epoch } => {
+                    tracing::info!(epoch, "this node is no longer the leader");
+                    self.tasks.stop();
+                }
             }
         }
     }
@@ -301,6 +366,7 @@ impl Running {
         let status = StatusReport {
             node: self.node.status(),
             generation: self.persisted.generation,
+            is_leader: self.node.leading().is_some(),
             addr: self.advertise.to_string(),
             uptime_s: now.saturating_duration_since(self.started).as_secs(),
             net: serde_json::Value::Null,
@@ -350,6 +416,7 @@ fn placeholder_status() -> StatusReport {
             state: NodeState::Active,
         },
         generation: 0,
+        is_leader: false,
         addr: String::new(),
         uptime_s: 0,
         net: serde_json::Value::Null,
@@ -392,6 +459,11 @@ fn derive_advertise(listen: SocketAddr, seeds: &[String]) -> Result<SocketAddr, 
         .and_then(|s| s.local_addr())
         .map_err(|e| AgentError::Advertise(e.to_string()))?;
     Ok(SocketAddr::new(probe.ip(), listen.port()))
+}
+
+/// tokio's clock, so tests with a paused clock drive the node's time too.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 pub fn unix_ms() -> u64 {

@@ -24,6 +24,14 @@ pub enum Request {
     Leave,
     /// Stream alerts until the client hangs up.
     Watch,
+    /// Remove a dead node from the roster.
+    Forget {
+        node: String,
+    },
+    /// Stop taking new sessions (and hand leadership over).
+    Drain,
+    /// Take new sessions again.
+    Resume,
 }
 
 impl Request {
@@ -32,7 +40,11 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         match self {
             Request::Members | Request::Status | Request::Watch => false,
-            Request::Load { .. } | Request::Leave => true,
+            Request::Load { .. }
+            | Request::Leave
+            | Request::Forget { .. }
+            | Request::Drain
+            | Request::Resume => true,
         }
     }
 }
@@ -43,6 +55,8 @@ pub struct StatusReport {
     #[serde(flatten)]
     pub node: NodeStatus,
     pub generation: u64,
+    /// This node leads now (what `is-leader` answers).
+    pub is_leader: bool,
     pub addr: String,
     pub uptime_s: u64,
     pub net: serde_json::Value,

@@ -60,6 +60,110 @@ pub struct Settings {
     pub key: Option<PathBuf>,
     pub insecure: Option<bool>,
     pub transport: Option<String>,
+    pub reap_after: Option<String>,
+    pub on_split_brain: Option<String>,
+    pub panic_exit: Option<bool>,
+    /// `[[task]]` tables in the file; `--task NAME=EVERY:COMMAND` flags.
+    #[serde(default, rename = "task")]
+    pub tasks: Vec<TaskSettings>,
+}
+
+/// One scheduled task as written in the config file.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TaskSettings {
+    pub name: String,
+    /// Period, e.g. `1h`, `30s`.
+    pub every: String,
+    pub command: String,
+    /// Random delay added to each run, up to this much, e.g. `10s`.
+    pub jitter: Option<String>,
+    /// A run still going after this is stopped (SIGTERM, then SIGKILL).
+    pub timeout: Option<String>,
+    /// Only a writable node (not `read_only=true`) may run it.
+    #[serde(default, alias = "requires_writable")]
+    pub requires_writable: bool,
+}
+
+impl TaskSettings {
+    /// `NAME=EVERY:COMMAND`, as given to `--task`.
+    pub fn parse_flag(s: &str) -> Result<TaskSettings, ConfigError> {
+        let bad = || {
+            invalid(
+                "--task",
+                format!("{s:?}: expected NAME=EVERY:COMMAND, e.g. backup=1h:/usr/local/bin/backup"),
+            )
+        };
+        let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (every, command) = rest.split_once(':').ok_or_else(bad)?;
+        Ok(TaskSettings {
+            name: name.to_string(),
+            every: every.to_string(),
+            command: command.to_string(),
+            ..TaskSettings::default()
+        })
+    }
+
+    fn validate(self) -> Result<TaskSpec, ConfigError> {
+        check_tag(&self.name, "").map_err(|_| {
+            invalid(
+                "--task",
+                format!(
+                    "task name {:?}: use ASCII letters, digits and - _ .",
+                    self.name
+                ),
+            )
+        })?;
+        let every = parse_duration("--task", &self.every)?;
+        if every < Duration::from_secs(1) {
+            return Err(invalid(
+                "--task",
+                format!("task {}: period must be at least 1s", self.name),
+            ));
+        }
+        if self.command.trim().is_empty() {
+            return Err(invalid(
+                "--task",
+                format!("task {}: empty command", self.name),
+            ));
+        }
+        let jitter = self
+            .jitter
+            .as_deref()
+            .map(|j| parse_duration("--task", j))
+            .transpose()?
+            .unwrap_or_default();
+        if jitter >= every {
+            return Err(invalid(
+                "--task",
+                format!("task {}: jitter must be shorter than the period", self.name),
+            ));
+        }
+        let timeout = self
+            .timeout
+            .as_deref()
+            .map(|t| parse_duration("--task", t))
+            .transpose()?;
+        Ok(TaskSpec {
+            name: self.name,
+            every,
+            command: self.command,
+            jitter,
+            timeout,
+            requires_writable: self.requires_writable,
+        })
+    }
+}
+
+/// A checked scheduled task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub every: Duration,
+    pub command: String,
+    pub jitter: Duration,
+    pub timeout: Option<Duration>,
+    pub requires_writable: bool,
 }
 
 impl Settings {
@@ -112,6 +216,14 @@ impl Settings {
             key: self.key.or(file.key),
             insecure: self.insecure.or(file.insecure),
             transport: self.transport.or(file.transport),
+            reap_after: self.reap_after.or(file.reap_after),
+            on_split_brain: self.on_split_brain.or(file.on_split_brain),
+            panic_exit: self.panic_exit.or(file.panic_exit),
+            tasks: if self.tasks.is_empty() {
+                file.tasks
+            } else {
+                self.tasks
+            },
         }
     }
 
@@ -225,7 +337,30 @@ impl Settings {
                 ))
             }
         };
+        let reap_after = match self.reap_after {
+            Some(s) => parse_duration("--reap-after", &s)?,
+            None => DEFAULT_REAP_AFTER,
+        };
+        let mut tasks = Vec::new();
+        for t in self.tasks {
+            let t = t.validate()?;
+            if tasks.iter().any(|o: &TaskSpec| o.name == t.name) {
+                return Err(invalid("--task", format!("two tasks named {}", t.name)));
+            }
+            tasks.push(t);
+        }
+        if self
+            .on_split_brain
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(invalid("--on-split-brain", "empty command"));
+        }
         Ok(AgentConfig {
+            reap_after,
+            on_split_brain: self.on_split_brain,
+            panic_exit: self.panic_exit.unwrap_or(false),
+            tasks,
             node_id,
             cluster,
             listen,
@@ -247,6 +382,7 @@ impl Settings {
 }
 
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
+pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -295,6 +431,12 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub security: Option<Security>,
     pub transport: TransportKind,
+    pub reap_after: Duration,
+    /// Run when quorum is lost (the "cluster panic" hook).
+    pub on_split_brain: Option<String>,
+    /// Exit instead when quorum is lost.
+    pub panic_exit: bool,
+    pub tasks: Vec<TaskSpec>,
 }
 
 pub fn parse_duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {
@@ -515,6 +657,37 @@ mod tests {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{settings:?}"),
                 other => panic!("{settings:?} gave {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn tasks_come_from_flags_or_the_file() {
+        let file = Settings::from_toml(
+            "[[task]]\nname = \"backup\"\nevery = \"1h\"\ncommand = \"run-backup\"\njitter = \"1m\"\ntimeout = \"10m\"\nrequires-writable = true\n",
+        )
+        .unwrap();
+        let c = base().over(file).validate().unwrap();
+        assert_eq!(c.tasks[0].every, Duration::from_secs(3600));
+        assert!(c.tasks[0].requires_writable);
+        let flag = TaskSettings::parse_flag("clean=30s:rm -rf /tmp/x").unwrap();
+        assert_eq!(flag.command, "rm -rf /tmp/x");
+        let c = Settings {
+            tasks: vec![flag],
+            ..base()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.tasks[0].every, Duration::from_secs(30));
+        for bad in ["noequals", "x=1h", "x=soon:cmd", "x=100ms:cmd", "x=1h: "] {
+            let r = TaskSettings::parse_flag(bad).and_then(|t| {
+                Settings {
+                    tasks: vec![t],
+                    ..base()
+                }
+                .validate()
+                .map(|_| ())
+            });
+            assert!(r.is_err(), "{bad}");
         }
     }
 

@@ -33,6 +33,9 @@ pub struct PersistedState {
     pub roster: Vec<RosterEntry>,
     #[serde(default)]
     pub state: Option<NodeState>,
+    /// The largest fencing epoch this node has seen: a new leadership is always larger.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,8 @@
 //! - [`datadir`]: generation, roster and drain state, written atomically.
 //! - [`sysload`]: host cpu and memory from `/proc`.
 //! - [`logging`]: tracing setup and the `alert=<kind>` events.
+//! - [`tasks`]: scheduled tasks, run on the leader with the fencing epoch.
+//! - [`hooks`]: the `--on-split-brain` command.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -20,9 +22,11 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod gossip;
+pub mod hooks;
 pub mod logging;
 pub mod server;
 pub mod sysload;
+pub mod tasks;
 
 pub use agent::{run, AgentError, Exit, Stop, TransportChoice};
 pub use config::{AgentConfig, Settings};

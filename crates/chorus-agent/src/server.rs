@@ -32,6 +32,8 @@ pub struct ApiView {
 pub enum Input {
     Sessions(u64, oneshot::Sender<Response>),
     Leave(oneshot::Sender<Response>),
+    Forget(String, oneshot::Sender<Response>),
+    SetState(chorus_core::member::NodeState, oneshot::Sender<Response>),
 }
 
 /// Everything a connection needs, shared.
@@ -211,6 +213,9 @@ async fn answer(request: Request, state: &ServerState) -> Response {
         Request::Watch => unreachable!("watch is streamed by the caller"),
         Request::Load { sessions } => Input::Sessions(sessions, tx),
         Request::Leave => Input::Leave(tx),
+        Request::Forget { node } => Input::Forget(node, tx),
+        Request::Drain => Input::SetState(chorus_core::member::NodeState::Draining, tx),
+        Request::Resume => Input::SetState(chorus_core::member::NodeState::Active, tx),
     };
     if state.inputs.send(input).await.is_err() {
         return Response::Error {

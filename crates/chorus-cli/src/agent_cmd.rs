@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chorus_agent::config::{parse_tag, Settings};
-use chorus_agent::{logging, Exit, Stop, TransportChoice};
+use chorus_agent::config::{parse_tag, Settings, TaskSettings};
+use chorus_agent::{logging, AgentError, Exit, Stop, TransportChoice};
+
+/// Exit code of `--panic-exit` when quorum is lost.
+pub const PANIC_EXIT_CODE: u8 = 3;
 use clap::Args;
 
 /// Agent flags; each may also be set in the `--config` TOML file under the same name
@@ -76,6 +79,19 @@ pub struct AgentArgs {
     /// Gossip transport: quic or udp.
     #[arg(long)]
     transport: Option<String>,
+    /// Remove members dead this long from the roster (only with quorum) [default: 10m].
+    #[arg(long)]
+    reap_after: Option<String>,
+    /// Command run when this node loses quorum, with CHORUS_REACHABLE and CHORUS_UNREACHABLE.
+    #[arg(long, value_name = "COMMAND")]
+    on_split_brain: Option<String>,
+    /// Exit with code 3 when this node loses quorum, instead of running on as a minority.
+    #[arg(long)]
+    panic_exit: bool,
+    /// A task run on the leader only, once per period (repeatable), e.g.
+    /// backup=1h:/usr/local/bin/backup.
+    #[arg(long = "task", value_name = "NAME=EVERY:COMMAND")]
+    tasks: Vec<String>,
 }
 
 impl AgentArgs {
@@ -110,6 +126,14 @@ impl AgentArgs {
             key: self.key,
             insecure: self.insecure.then_some(true),
             transport: self.transport,
+            reap_after: self.reap_after,
+            on_split_brain: self.on_split_brain,
+            panic_exit: self.panic_exit.then_some(true),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|t| TaskSettings::parse_flag(t))
+                .collect::<Result<_, _>>()?,
         };
         Ok(flags.over(file))
     }
@@ -118,9 +142,11 @@ impl AgentArgs {
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let config = args.settings()?.validate()?;
     logging::init(config.log_format);
-    let exit = chorus_agent::run(config, TransportChoice::FromConfig, shutdown_signal())
-        .await
-        .context("agent failed")?;
+    let exit = match chorus_agent::run(config, TransportChoice::FromConfig, shutdown_signal()).await
+    {
+        Err(AgentError::Panic) => return Ok(ExitCode::from(PANIC_EXIT_CODE)),
+        other => other.context("agent failed")?,
+    };
     match exit {
         Exit::Left | Exit::Shutdown | Exit::Crashed => Ok(ExitCode::SUCCESS),
     }

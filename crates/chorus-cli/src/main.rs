@@ -1,7 +1,7 @@
 //! `chorus`: the agent and the commands that talk to it.
 //!
 //! Exit codes: 0 success (or "yes"), 1 failure (or "no": `leader` with no leader, a missing
-//! agent), 2 bad usage.
+//! agent), 2 bad usage, 3 the agent exited on quorum loss (`--panic-exit`).
 
 mod agent_cmd;
 mod query;
@@ -63,7 +63,7 @@ enum Command {
     /// Report the application's active session count.
     Load {
         /// Number of active sessions (0 or more).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_sessions)]
         sessions: u64,
         #[command(flatten)]
         client: ClientOpts,
@@ -78,6 +78,41 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// The current leader and its fencing epoch (exit 1 if there is none).
+    Leader {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Exit 0 if this node is the leader now, else 1; prints nothing.
+    IsLeader {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove a dead node from the roster at once.
+    Forget {
+        /// The node id to forget.
+        node: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stop taking new sessions (hands leadership over).
+    Drain {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Take new sessions again after a drain.
+    Resume {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+/// `--sessions`: a whole number, 0 or more. Negative numbers reach this parser (rather than
+/// being taken for a flag) so that `--sessions -1` gets this message too.
+fn parse_sessions(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| "expected a whole number of sessions, 0 or more".to_string())
 }
 
 fn main() -> ExitCode {
@@ -104,6 +139,11 @@ fn main() -> ExitCode {
             Command::Load { sessions, client } => query::load(&client, sessions).await,
             Command::Leave { client } => query::leave(&client).await,
             Command::Watch { client } => query::watch(&client).await,
+            Command::Leader { client } => query::leader(&client).await,
+            Command::IsLeader { client } => query::is_leader(&client).await,
+            Command::Forget { node, client } => query::forget(&client, node).await,
+            Command::Drain { client } => query::drain(&client).await,
+            Command::Resume { client } => query::resume(&client).await,
         }
     });
     match result {

@@ -44,6 +44,59 @@ pub async fn members(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn fetch_status(opts: &ClientOpts) -> anyhow::Result<chorus_agent::api::StatusReport> {
+    match call(opts, Request::Status).await? {
+        Response::Status { status } => Ok(status),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn leader(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
+    let status = fetch_status(opts).await?;
+    let leader = status.node.leader.clone();
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::json!({ "leader": leader, "epoch": status.node.epoch })
+        );
+    } else if let Some(l) = &leader {
+        println!("{l} (epoch {})", status.node.epoch);
+    } else {
+        eprintln!(
+            "no leader (quorum: {}, partition: {})",
+            status.node.quorum,
+            status.node.partition.as_str()
+        );
+    }
+    Ok(if leader.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Silent by design: `chorus is-leader && run-job` in a cron line.
+pub async fn is_leader(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
+    let status = fetch_status(opts).await?;
+    Ok(if status.is_leader {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn forget(opts: &ClientOpts, node: String) -> anyhow::Result<ExitCode> {
+    done(opts, Request::Forget { node }).await
+}
+
+pub async fn drain(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
+    done(opts, Request::Drain).await
+}
+
+pub async fn resume(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
+    done(opts, Request::Resume).await
+}
+
 pub async fn status(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
     match call(opts, Request::Status).await? {
         Response::Status { status } => {
