@@ -32,6 +32,13 @@ pub enum Request {
     Drain,
     /// Take new sessions again.
     Resume,
+    /// The node that should take the next new session, from this node's view.
+    Pick {
+        #[serde(default)]
+        tags: Vec<(String, String)>,
+        #[serde(default)]
+        exclude_tags: Vec<(String, String)>,
+    },
 }
 
 impl Request {
@@ -39,7 +46,7 @@ impl Request {
     /// and root.
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::Members | Request::Status | Request::Watch => false,
+            Request::Members | Request::Status | Request::Watch | Request::Pick { .. } => false,
             Request::Load { .. }
             | Request::Leave
             | Request::Forget { .. }
@@ -78,6 +85,9 @@ pub struct WatchEvent {
 pub enum Response {
     Members {
         members: Vec<Member>,
+    },
+    Picked {
+        member: Member,
     },
     Status {
         status: StatusReport,

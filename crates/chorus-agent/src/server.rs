@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chorus_core::member::Member;
+use chorus_core::placement::{self, PickFilter};
 use parking_lot::RwLock;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -209,6 +210,16 @@ async fn answer(request: Request, state: &ServerState) -> Response {
             return Response::Status {
                 status: view.status.clone(),
             }
+        }
+        Request::Pick { tags, exclude_tags } => {
+            let filter = PickFilter { tags, exclude_tags };
+            return match placement::pick(&view.members, &filter, &mut rand::thread_rng()) {
+                Some(m) => Response::Picked { member: m.clone() },
+                None => Response::Error {
+                    message: "no node qualifies (alive, active, compatible, matching the tags)"
+                        .into(),
+                },
+            };
         }
         Request::Watch => unreachable!("watch is streamed by the caller"),
         Request::Load { sessions } => Input::Sessions(sessions, tx),

@@ -95,8 +95,25 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// The node that should take a new session: alive, active, least loaded.
+    Pick {
+        /// Only nodes carrying this tag (repeatable).
+        #[arg(long = "tag", value_name = "K=V", value_parser = query::parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Never nodes carrying this tag (repeatable), e.g. read_only=true.
+        #[arg(long = "exclude-tag", value_name = "K=V", value_parser = query::parse_tag)]
+        exclude_tags: Vec<(String, String)>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Stop taking new sessions (hands leadership over).
     Drain {
+        /// Return only when the application reports 0 sessions (exit 2 on timeout).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 10m [default: wait forever].
+        #[arg(long, value_parser = query::parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -142,7 +159,16 @@ fn main() -> ExitCode {
             Command::Leader { client } => query::leader(&client).await,
             Command::IsLeader { client } => query::is_leader(&client).await,
             Command::Forget { node, client } => query::forget(&client, node).await,
-            Command::Drain { client } => query::drain(&client).await,
+            Command::Pick {
+                tags,
+                exclude_tags,
+                client,
+            } => query::pick(&client, tags, exclude_tags).await,
+            Command::Drain {
+                wait,
+                timeout,
+                client,
+            } => query::drain(&client, wait, timeout).await,
             Command::Resume { client } => query::resume(&client).await,
         }
     });

@@ -89,8 +89,63 @@ pub async fn forget(opts: &ClientOpts, node: String) -> anyhow::Result<ExitCode>
     done(opts, Request::Forget { node }).await
 }
 
-pub async fn drain(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
-    done(opts, Request::Drain).await
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 10m)"))
+}
+
+/// How often `drain --wait` looks at the session count.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Exit code of `drain --wait` when the timeout passes with sessions left.
+const DRAIN_TIMEOUT_EXIT: u8 = 2;
+
+pub async fn drain(
+    opts: &ClientOpts,
+    wait: bool,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let code = done(opts, Request::Drain).await?;
+    if !wait {
+        return Ok(code);
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        let Response::Members { members } = call(opts, Request::Members).await? else {
+            bail!("unexpected answer from the agent");
+        };
+        let sessions = members
+            .iter()
+            .find(|m| m.is_self)
+            .map_or(0, |m| m.load.sessions);
+        if sessions == 0 {
+            if !opts.json {
+                println!("drained: 0 sessions");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            eprintln!("chorus: drain timed out with {sessions} sessions left");
+            return Ok(ExitCode::from(DRAIN_TIMEOUT_EXIT));
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+pub async fn pick(
+    opts: &ClientOpts,
+    tags: Vec<(String, String)>,
+    exclude_tags: Vec<(String, String)>,
+) -> anyhow::Result<ExitCode> {
+    match call(opts, Request::Pick { tags, exclude_tags }).await? {
+        Response::Picked { member } => {
+            if opts.json {
+                println!("{}", serde_json::to_string_pretty(&member)?);
+            } else {
+                println!("{} {}", member.node_id, member.addr);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 pub async fn resume(opts: &ClientOpts) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@
 //! - [`split`]: failures and quorum changes -> `split_brain_suspected`, `quorum_lost`, ...
 //! - [`leader`]: the quorum lease over gossip that elects one leader with a fencing epoch.
 //! - [`load`]: when load is worth re-publishing.
+//! - [`placement`]: `pick`: which node takes the next new session.
 //! - [`alert`]: what happened, as data (the agent logs it as `alert=<kind>`).
 //! - [`node`]: the state machine tying these together: `handle_*` in, `poll_effect` out.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod leader;
 pub mod load;
 pub mod member;
 pub mod node;
+pub mod placement;
 pub mod quorum;
 pub mod roster;
 pub mod split;
