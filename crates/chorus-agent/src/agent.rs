@@ -24,9 +24,11 @@ use crate::datadir::{DataDir, DataDirError, PersistedState};
 use crate::gossip;
 use crate::hooks;
 use crate::logging::log_alert;
+use crate::metrics::{self, Metrics};
 use crate::server::{self, ApiView, Input, ServerState};
 use crate::sysload;
 use crate::tasks::TaskRunner;
+use chorus_net::NetCounters;
 
 /// How often host load is sampled.
 const LOAD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -56,7 +58,17 @@ pub enum AgentError {
     Advertise(String),
     #[error("quorum lost and --panic-exit is set: exiting (cluster panic)")]
     Panic,
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
+
+/// How often `--insecure` reminds the operator.
+const INSECURE_WARN_EVERY: Duration = Duration::from_secs(5 * 60);
 
 /// How the caller asks the agent to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,9 +156,30 @@ pub async fn run(
         seeds,
         config.gossip_interval,
     );
-    let transport: Arc<dyn Transport> = match transport {
-        TransportChoice::Custom(t) => t,
-        TransportChoice::FromConfig => Arc::new(chitchat::transport::UdpTransport),
+    let (transport, counters, mut refusals, insecure) = match transport {
+        TransportChoice::Custom(t) => (t, None, mpsc::channel(1).1, false),
+        TransportChoice::FromConfig => {
+            let built = crate::transport::build(&config, advertise, &fingerprint)?;
+            (
+                built.transport,
+                Some(built.counters),
+                built.refusals,
+                built.insecure,
+            )
+        }
+    };
+    if insecure {
+        warn_insecure(&config);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+            Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
+        }
+        None => None,
     };
     let chitchat = spawn_chitchat(chitchat_config, initial_kvs, transport.as_ref())
         .await
@@ -160,6 +193,8 @@ pub async fn run(
     let (events, _) = broadcast::channel(WATCH_BUFFER);
     let writable = config.tags.get("read_only").map(String::as_str) != Some("true");
     let mut agent = Running {
+        metrics,
+        counters,
         tasks: TaskRunner::new(config.tasks.clone(), config.node_id.clone(), writable),
         on_split_brain: config.on_split_brain.clone(),
         panic_exit: config.panic_exit,
@@ -197,6 +232,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_load_sample: Option<Instant> = None;
+    let mut last_insecure_warning = now();
     let gossip_died = agent.chitchat.termination_watcher();
     tokio::pin!(shutdown);
     tokio::pin!(gossip_died);
@@ -211,10 +247,22 @@ pub async fn run(
                         agent.node.handle_load_sample(now, cpu, mem);
                     }
                 }
+                if insecure && now.duration_since(last_insecure_warning) >= INSECURE_WARN_EVERY {
+                    last_insecure_warning = now;
+                    warn_insecure(&config);
+                }
                 agent.step(now).await;
                 if agent.panicked {
                     break Err(AgentError::Panic);
                 }
+            }
+            Some(peer) = refusals.recv() => {
+                let reason = if peer.by_us {
+                    format!("refused at hello: {}", peer.reason)
+                } else {
+                    format!("refused us at hello: {}", peer.reason)
+                };
+                agent.node.handle_refused_peer(now(), &peer.node_id, peer.addr, &reason);
             }
             Some(input) = inputs.recv() => match input {
                 Input::Sessions(n, reply) => {
@@ -250,6 +298,9 @@ pub async fn run(
         }
     };
     server_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&config.socket);
     agent.tasks.stop();
     let (exit, reply) = match outcome {
@@ -276,6 +327,9 @@ pub async fn run(
 }
 
 struct Running {
+    metrics: Arc<Metrics>,
+    /// Transport counters; `None` for a transport supplied by a test.
+    counters: Option<NetCounters>,
     tasks: TaskRunner,
     on_split_brain: Option<String>,
     panic_exit: bool,
@@ -294,6 +348,7 @@ struct Running {
 impl Running {
     /// Feeds the current gossip state to core, carries out the effects, publishes the view.
     async fn step(&mut self, now: Instant) {
+        let started = std::time::Instant::now();
         let observations = {
             let guard = self.chitchat.chitchat();
             let chitchat = guard.lock().await;
@@ -302,6 +357,7 @@ impl Running {
         self.node.handle_gossip(now, &observations);
         self.apply_effects().await;
         self.publish_view(now);
+        self.metrics.tick(started.elapsed());
     }
 
     async fn apply_effects(&mut self) {
@@ -313,6 +369,7 @@ impl Running {
                 }
                 Effect::Alert(alert) => {
                     log_alert(&self.node.config().node_id, &alert);
+                    self.metrics.alert(alert.kind());
                     let _ = self.events.send(WatchEvent {
                         time_ms: unix_ms(),
                         observer: self.node.config().node_id.clone(),
@@ -363,15 +420,22 @@ impl Running {
     }
 
     fn publish_view(&self, now: Instant) {
+        let net = self.counters.as_ref().map(NetCounters::snapshot);
         let status = StatusReport {
             node: self.node.status(),
             generation: self.persisted.generation,
             is_leader: self.node.leading().is_some(),
             addr: self.advertise.to_string(),
             uptime_s: now.saturating_duration_since(self.started).as_secs(),
-            net: serde_json::Value::Null,
+            net: net
+                .as_ref()
+                .and_then(|n| serde_json::to_value(n).ok())
+                .unwrap_or(serde_json::Value::Null),
         };
-        let members = self.node.members().cloned().collect();
+        let members: Vec<_> = self.node.members().cloned().collect();
+        let ages = self.node.heartbeat_ages(now);
+        self.metrics
+            .update(&status.node, status.is_leader, &members, &ages, net);
         *self.view.write() = Arc::new(ApiView { members, status });
     }
 
@@ -398,6 +462,15 @@ impl Running {
         );
         tokio::time::sleep(wait).await;
     }
+}
+
+fn warn_insecure(config: &AgentConfig) {
+    tracing::warn!(
+        node = %config.node_id,
+        "INSECURE: gossip is not authenticated (--insecure or --transport udp): anyone who can \
+         reach {} can read, forge and join this cluster",
+        config.listen
+    );
 }
 
 fn placeholder_status() -> StatusReport {

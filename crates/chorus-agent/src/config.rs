@@ -63,6 +63,7 @@ pub struct Settings {
     pub reap_after: Option<String>,
     pub on_split_brain: Option<String>,
     pub panic_exit: Option<bool>,
+    pub metrics_addr: Option<String>,
     /// `[[task]]` tables in the file; `--task NAME=EVERY:COMMAND` flags.
     #[serde(default, rename = "task")]
     pub tasks: Vec<TaskSettings>,
@@ -219,6 +220,7 @@ impl Settings {
             reap_after: self.reap_after.or(file.reap_after),
             on_split_brain: self.on_split_brain.or(file.on_split_brain),
             panic_exit: self.panic_exit.or(file.panic_exit),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
             tasks: if self.tasks.is_empty() {
                 file.tasks
             } else {
@@ -327,7 +329,7 @@ impl Settings {
                 ))
             }
         };
-        let transport = match self.transport.as_deref().unwrap_or("udp") {
+        let transport = match self.transport.as_deref().unwrap_or("quic") {
             "udp" => TransportKind::Udp,
             "quic" => TransportKind::Quic,
             other => {
@@ -356,7 +358,15 @@ impl Settings {
         {
             return Err(invalid("--on-split-brain", "empty command"));
         }
+        let metrics_addr = self
+            .metrics_addr
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("--metrics-addr", format!("{a:?} is not ADDR:PORT")))
+            })
+            .transpose()?;
         Ok(AgentConfig {
+            metrics_addr,
             reap_after,
             on_split_brain: self.on_split_brain,
             panic_exit: self.panic_exit.unwrap_or(false),
@@ -437,6 +447,8 @@ pub struct AgentConfig {
     /// Exit instead when quorum is lost.
     pub panic_exit: bool,
     pub tasks: Vec<TaskSpec>,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 pub fn parse_duration(field: &'static str, s: &str) -> Result<Duration, ConfigError> {

@@ -14,6 +14,8 @@
 //! - [`logging`]: tracing setup and the `alert=<kind>` events.
 //! - [`tasks`]: scheduled tasks, run on the leader with the fencing epoch.
 //! - [`hooks`]: the `--on-split-brain` command.
+//! - [`transport`]: QUIC with mutual TLS (or counted UDP), with the fingerprint hello policy.
+//! - [`metrics`]: Prometheus text format on `--metrics-addr`.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -24,9 +26,11 @@ pub mod datadir;
 pub mod gossip;
 pub mod hooks;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod sysload;
 pub mod tasks;
+pub mod transport;
 
 pub use agent::{run, AgentError, Exit, Stop, TransportChoice};
 pub use config::{AgentConfig, Settings};

@@ -88,6 +88,9 @@ pub struct AgentArgs {
     /// Exit with code 3 when this node loses quorum, instead of running on as a minority.
     #[arg(long)]
     panic_exit: bool,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<String>,
     /// A task run on the leader only, once per period (repeatable), e.g.
     /// backup=1h:/usr/local/bin/backup.
     #[arg(long = "task", value_name = "NAME=EVERY:COMMAND")]
@@ -129,6 +132,7 @@ impl AgentArgs {
             reap_after: self.reap_after,
             on_split_brain: self.on_split_brain,
             panic_exit: self.panic_exit.then_some(true),
+            metrics_addr: self.metrics_addr,
             tasks: self
                 .tasks
                 .iter()

@@ -4,6 +4,7 @@
 //! agent), 2 bad usage, 3 the agent exited on quorum loss (`--panic-exit`).
 
 mod agent_cmd;
+mod keygen;
 mod query;
 mod render;
 
@@ -44,6 +45,15 @@ impl ClientOpts {
 enum Command {
     /// Run the agent.
     Agent(Box<agent_cmd::AgentArgs>),
+    /// Write a new cluster CA (certificate and key) for --cluster-key.
+    Keygen {
+        /// Where to write it (mode 0600); an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cluster name written into the CA certificate.
+        #[arg(long, default_value = "chorus")]
+        cluster: String,
+    },
     /// Table of members: id, address, status, state, version, load, leader mark.
     Members {
         /// Only members with this status (alive, suspect, dead, left, rejected).
@@ -147,6 +157,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(args) => agent_cmd::run(*args).await,
+            Command::Keygen { out, cluster } => keygen::run(&out, &cluster),
             Command::Members {
                 status,
                 tags,

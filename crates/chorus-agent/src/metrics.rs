@@ -1,0 +1,270 @@
+//! Prometheus metrics (`--metrics-addr`): the health an operator alerts on, in text format.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `chorus_members{status}` | gauge | members by status (alive, suspect, dead, left, rejected) |
+//! | `chorus_roster_size` | gauge | members quorum is counted against |
+//! | `chorus_quorum` | gauge | 1 if this node sees a majority of the roster |
+//! | `chorus_partition{side}` | gauge | 1 for the side this node is on (majority, minority, forming) |
+//! | `chorus_leader_epoch` | gauge | fencing epoch of the leader this node sees |
+//! | `chorus_is_leader` | gauge | 1 on the leader |
+//! | `chorus_alerts_total{kind}` | counter | alerts raised, by kind |
+//! | `chorus_net_bytes_sent_total`, `..._received_total` | counter | gossip payload bytes |
+//! | `chorus_net_messages_sent_total`, `..._received_total` | counter | gossip messages |
+//! | `chorus_net_dropped_sends_total` | counter | messages dropped before the network |
+//! | `chorus_net_garbage_received_total` | counter | undecodable input from the network |
+//! | `chorus_net_failed_handshakes_total` | counter | TLS or hello failures |
+//! | `chorus_net_rejected_peers_total` | counter | peers refused at hello |
+//! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private) |
+//! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chorus_core::member::{Member, Status};
+use chorus_core::node::NodeStatus;
+use chorus_core::quorum::Partition;
+use chorus_net::NetStats;
+use parking_lot::Mutex;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+type Labels = Vec<(String, String)>;
+
+/// Longest HTTP request head read from a scraper.
+const MAX_HTTP_REQUEST: usize = 8 * 1024;
+
+pub struct Metrics {
+    registry: Registry,
+    members: Family<Labels, Gauge>,
+    roster: Gauge,
+    quorum: Gauge,
+    partition: Family<Labels, Gauge>,
+    leader_epoch: Gauge,
+    is_leader: Gauge,
+    alerts: Family<Labels, Counter>,
+    heartbeat_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    tick: Histogram,
+    net: [Counter; 8],
+    last_net: Mutex<NetStats>,
+}
+
+const NET_NAMES: [(&str, &str); 8] = [
+    ("net_bytes_sent", "Gossip payload bytes sent"),
+    ("net_bytes_received", "Gossip payload bytes received"),
+    ("net_messages_sent", "Gossip messages sent"),
+    ("net_messages_received", "Gossip messages received"),
+    (
+        "net_dropped_sends",
+        "Messages dropped before reaching the network",
+    ),
+    ("net_garbage_received", "Undecodable input from the network"),
+    ("net_failed_handshakes", "TLS or hello failures"),
+    ("net_rejected_peers", "Peers refused at hello"),
+];
+
+fn net_values(s: &NetStats) -> [u64; 8] {
+    [
+        s.bytes_sent,
+        s.bytes_received,
+        s.messages_sent,
+        s.messages_received,
+        s.dropped_sends,
+        s.garbage_received,
+        s.failed_handshakes,
+        s.rejected_peers,
+    ]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("chorus");
+        let members = Family::<Labels, Gauge>::default();
+        registry.register("members", "Members by status", members.clone());
+        let roster = Gauge::default();
+        registry.register(
+            "roster_size",
+            "Members quorum is counted against",
+            roster.clone(),
+        );
+        let quorum = Gauge::default();
+        registry.register(
+            "quorum",
+            "1 if this node sees a majority of the roster",
+            quorum.clone(),
+        );
+        let partition = Family::<Labels, Gauge>::default();
+        registry.register(
+            "partition",
+            "1 for the side this node is on",
+            partition.clone(),
+        );
+        let leader_epoch = Gauge::default();
+        registry.register(
+            "leader_epoch",
+            "Fencing epoch of the leader this node sees",
+            leader_epoch.clone(),
+        );
+        let is_leader = Gauge::default();
+        registry.register("is_leader", "1 on the leader", is_leader.clone());
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register("alerts", "Alerts raised, by kind", alerts.clone());
+        let heartbeat_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "peer_heartbeat_age_seconds",
+            "Seconds since the peer's heartbeat last moved (the phi detector's input)",
+            heartbeat_age.clone(),
+        );
+        let tick = Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]);
+        registry.register(
+            "tick_duration_seconds",
+            "One agent round: read gossip, decide, act",
+            tick.clone(),
+        );
+        let net: [Counter; 8] = Default::default();
+        for ((name, help), c) in NET_NAMES.iter().zip(&net) {
+            registry.register(*name, *help, c.clone());
+        }
+        Metrics {
+            registry,
+            members,
+            roster,
+            quorum,
+            partition,
+            leader_epoch,
+            is_leader,
+            alerts,
+            heartbeat_age,
+            tick,
+            net,
+            last_net: Mutex::new(NetStats::default()),
+        }
+    }
+
+    pub fn alert(&self, kind: &str) {
+        self.alerts
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .inc();
+    }
+
+    pub fn tick(&self, took: Duration) {
+        self.tick.observe(took.as_secs_f64());
+    }
+
+    /// Refreshes every gauge from the node's state.
+    pub fn update(
+        &self,
+        status: &NodeStatus,
+        is_leader: bool,
+        members: &[Member],
+        heartbeat_ages: &HashMap<String, Duration>,
+        net: Option<NetStats>,
+    ) {
+        for s in [
+            Status::Alive,
+            Status::Suspect,
+            Status::Dead,
+            Status::Left,
+            Status::Rejected,
+        ] {
+            let n = members.iter().filter(|m| m.status == s).count();
+            self.members
+                .get_or_create(&vec![("status".into(), s.as_str().into())])
+                .set(n as i64);
+        }
+        self.roster.set(status.roster as i64);
+        self.quorum.set(status.quorum as i64);
+        for p in [Partition::Majority, Partition::Minority, Partition::Forming] {
+            self.partition
+                .get_or_create(&vec![("side".into(), p.as_str().into())])
+                .set((p == status.partition) as i64);
+        }
+        self.leader_epoch.set(status.epoch as i64);
+        self.is_leader.set(is_leader as i64);
+        self.heartbeat_age.clear();
+        for (peer, age) in heartbeat_ages {
+            self.heartbeat_age
+                .get_or_create(&vec![("peer".into(), peer.clone())])
+                .set(age.as_secs_f64());
+        }
+        if let Some(now) = net {
+            let mut last = self.last_net.lock();
+            for ((c, new), old) in self.net.iter().zip(net_values(&now)).zip(net_values(&last)) {
+                c.inc_by(new.saturating_sub(old));
+            }
+            *last = now;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Binds the metrics listener; errors (address in use) are the caller's to report.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` (and `/`) until the task is aborted.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HTTP_REQUEST {
+                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let line = String::from_utf8_lossy(&head);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body, ctype) =
+                if line.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                    (
+                        "200 OK",
+                        metrics.render(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                } else {
+                    (
+                        "404 Not Found",
+                        "not found: try GET /metrics\n".to_string(),
+                        "text/plain",
+                    )
+                };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            tracing::trace!(
+                took_us = started.elapsed().as_micros() as u64,
+                "metrics scraped"
+            );
+        });
+    }
+}

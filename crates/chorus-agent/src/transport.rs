@@ -1,0 +1,166 @@
+//! Builds the gossip transport the configuration asks for: QUIC with mutual TLS (the default),
+//! or counted plain UDP. The hello policy plugs core's fingerprint rules into the handshake.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chitchat::transport::Transport;
+use chorus_core::fingerprint::{CompatPolicy, Fingerprint};
+use chorus_net::{
+    ClusterCa, CountingUdpTransport, Hello, HelloTemplate, NetCounters, NodeIdentity, QuicConfig,
+    QuicTransport, RejectedPeer, TlsMode,
+};
+use tokio::sync::mpsc;
+
+use crate::config::{AgentConfig, Security, TransportKind};
+
+/// Refusals waiting for the agent loop; more are dropped (each is also logged by the transport
+/// side that saw it, and the next attempt reports again).
+pub const REFUSAL_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "no cluster key: run `chorus keygen --out cluster.pem`, copy it to every node and start \
+         with --cluster-key cluster.pem (or --ca-cert/--cert/--key from your own PKI; \
+         --insecure for experiments only)"
+    )]
+    NoKey,
+    #[error("cannot read {path}: {reason}")]
+    Key { path: String, reason: String },
+}
+
+pub struct BuiltTransport {
+    pub transport: Arc<dyn Transport>,
+    pub counters: NetCounters,
+    pub refusals: mpsc::Receiver<RejectedPeer>,
+    pub insecure: bool,
+}
+
+/// The text carried in the hello's fingerprint field: the whole fingerprint, so the peer can
+/// apply the compatibility policy and say what differs.
+pub fn hello_fingerprint(fp: &Fingerprint) -> String {
+    serde_json::to_string(fp).expect("fingerprints always serialize")
+}
+
+/// The hello policy: same cluster, same protocol, compatible fingerprint.
+pub fn hello_policy(
+    cluster: String,
+    protocol: u32,
+    ours: Fingerprint,
+    compat: CompatPolicy,
+) -> impl Fn(&Hello) -> Result<(), String> + Send + Sync + 'static {
+    move |peer: &Hello| {
+        if peer.cluster != cluster {
+            return Err(format!(
+                "cluster name {:?} (ours {cluster:?})",
+                peer.cluster
+            ));
+        }
+        if peer.protocol != protocol {
+            return Err(format!("wire protocol {} (ours {protocol})", peer.protocol));
+        }
+        let theirs: Fingerprint = serde_json::from_str(&peer.fingerprint)
+            .map_err(|_| "unreadable version fingerprint".to_string())?;
+        compat.check(&ours, &theirs).map_err(|m| m.to_string())
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, TransportError> {
+    std::fs::read_to_string(path).map_err(|e| TransportError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn tls_mode(config: &AgentConfig) -> Result<TlsMode, TransportError> {
+    let key_err = |path: &std::path::Path, e: chorus_net::TlsError| TransportError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    match &config.security {
+        None => Err(TransportError::NoKey),
+        Some(Security::Insecure) => Ok(TlsMode::Insecure),
+        Some(Security::ClusterKey(path)) => {
+            let ca = ClusterCa::from_pem(&read(path)?).map_err(|e| key_err(path, e))?;
+            let identity =
+                NodeIdentity::mint(&ca, &config.node_id).map_err(|e| key_err(path, e))?;
+            Ok(TlsMode::Mutual(identity))
+        }
+        Some(Security::Pki { ca, cert, key }) => {
+            let identity = NodeIdentity::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+                .map_err(|e| key_err(cert, e))?;
+            Ok(TlsMode::Mutual(identity))
+        }
+    }
+}
+
+pub fn build(
+    config: &AgentConfig,
+    advertise: SocketAddr,
+    fingerprint: &Fingerprint,
+) -> Result<BuiltTransport, TransportError> {
+    let counters = NetCounters::new();
+    let (tx, refusals) = mpsc::channel(REFUSAL_QUEUE);
+    match config.transport {
+        TransportKind::Udp => Ok(BuiltTransport {
+            transport: Arc::new(CountingUdpTransport::new(counters.clone())),
+            counters,
+            refusals,
+            insecure: true,
+        }),
+        TransportKind::Quic => {
+            let tls = tls_mode(config)?;
+            let insecure = matches!(tls, TlsMode::Insecure);
+            let hello = HelloTemplate::new(
+                config.cluster.clone(),
+                config.node_id.clone(),
+                hello_fingerprint(fingerprint),
+            );
+            let policy = hello_policy(
+                config.cluster.clone(),
+                hello.protocol,
+                fingerprint.clone(),
+                config.compat,
+            );
+            let quic = QuicConfig::new(tls, hello)
+                .with_policy(policy)
+                .with_reject_observer(move |peer| {
+                    let _ = tx.try_send(peer);
+                })
+                .with_counters(counters.clone())
+                .with_advertise_addr(advertise);
+            Ok(BuiltTransport {
+                transport: Arc::new(QuicTransport::new(quic)),
+                counters,
+                refusals,
+                insecure,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(cluster: &str, fp: &Fingerprint) -> Hello {
+        HelloTemplate::new(cluster, "peer", hello_fingerprint(fp))
+            .to_hello("127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn policy_names_what_differs() {
+        let ours = Fingerprint::compute(1, "2.0", &[]);
+        let protocol = HelloTemplate::new("prod", "me", "").protocol;
+        let policy = hello_policy("prod".into(), protocol, ours.clone(), CompatPolicy::Exact);
+        assert!(policy(&hello("prod", &ours)).is_ok());
+        let err = policy(&hello("test", &ours)).unwrap_err();
+        assert!(err.contains("cluster name"), "{err}");
+        let err = policy(&hello("prod", &Fingerprint::compute(1, "2.1", &[]))).unwrap_err();
+        assert!(err.contains("app version \"2.1\""), "{err}");
+        let mut junk = hello("prod", &ours);
+        junk.fingerprint = "garbage".into();
+        assert!(policy(&junk).is_err());
+    }
+}
