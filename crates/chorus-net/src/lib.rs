@@ -1,0 +1,35 @@
+//! Transports for chorus gossip, all implementing chitchat's
+//! [`Transport`](chitchat::transport::Transport) trait.
+//!
+//! # Module map
+//!
+//! | module | job |
+//! |---|---|
+//! | `counters` | [`NetCounters`] (shared atomics) and their [`NetStats`] snapshot |
+//! | `udp` | [`CountingUdpTransport`]: plain UDP, counted, `recv` never fails |
+//! | [`tls`] | [`ClusterCa`], [`NodeIdentity`], [`TlsMode`]: cluster PKI and rustls configs |
+//! | [`quic`] | [`QuicTransport`]: QUIC + mutual TLS + [`Hello`], per-peer queues; limits and close codes |
+//! | `fault` | [`FaultyTransport`] + [`FaultController`]: partitions, drops, delays for tests |
+//!
+//! # Rules every transport here keeps
+//!
+//! - `Socket::recv` never returns an error: chitchat's gossip loop stops for
+//!   good on the first one. Garbage and I/O errors are counted and skipped.
+//! - `Socket::send` never blocks the gossip loop on a slow or dead peer.
+//!
+//! See `docs/chitchat.md` for why chitchat is pinned to 0.11.2.
+
+mod counters;
+mod fault;
+pub mod quic;
+pub mod tls;
+mod udp;
+
+pub use counters::{NetCounters, NetStats};
+pub use fault::{FaultController, FaultStats, FaultyTransport};
+pub use quic::{
+    default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig, QuicTransport,
+    QuicTuning, RejectObserver, RejectedPeer, PROTOCOL_VERSION,
+};
+pub use tls::{ClusterCa, NodeIdentity, TlsError, TlsMode};
+pub use udp::{CountingUdpTransport, MAX_UDP_PAYLOAD};

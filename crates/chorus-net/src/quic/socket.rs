@@ -1,0 +1,153 @@
+//! The chitchat [`Socket`] over a quinn endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chitchat::transport::Socket;
+use chitchat::{ChitchatMessage, Serializable};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::handshake;
+use super::outbox::Outbox;
+use super::shared::Shared;
+use super::{
+    QuicConfig, QuicTuning, CLOSE_SHUTDOWN, INBOX_CAPACITY, MAX_CONCURRENT_UNI_STREAMS,
+    MAX_MESSAGE_SIZE, MAX_PENDING_HANDSHAKES,
+};
+
+/// Per-connection receive window across all streams.
+const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+
+pub(crate) struct QuicSocket {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    inbox: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
+    acceptor: JoinHandle<()>,
+}
+
+fn transport_config(tuning: &QuicTuning) -> anyhow::Result<Arc<TransportConfig>> {
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
+        // The hello's stream; nothing else is bidirectional.
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .stream_receive_window(VarInt::from_u32(MAX_MESSAGE_SIZE as u32))
+        .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(tuning.idle_timeout).context("idle timeout out of range")?,
+        ))
+        .keep_alive_interval(tuning.keep_alive_interval);
+    Ok(Arc::new(transport))
+}
+
+impl QuicSocket {
+    pub(crate) async fn open(config: &QuicConfig, listen_addr: SocketAddr) -> anyhow::Result<Self> {
+        let transport = transport_config(&config.tuning)?;
+        let server_tls = config.tls.server_config().context("TLS server setup")?;
+        let client_tls = config.tls.client_config().context("TLS client setup")?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from(server_tls).context("TLS server setup for QUIC")?,
+        ));
+        server_config.transport_config(transport.clone());
+        let mut client_config = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(client_tls).context("TLS client setup for QUIC")?,
+        ));
+        client_config.transport_config(transport);
+
+        let mut endpoint = Endpoint::server(server_config, listen_addr)
+            .with_context(|| format!("failed to bind {listen_addr}/udp for gossip (QUIC)"))?;
+        endpoint.set_default_client_config(client_config);
+        let local_addr = endpoint.local_addr().context("bound address")?;
+        let gossip_addr = config.advertise_addr.unwrap_or(local_addr);
+        if gossip_addr.ip().is_unspecified() {
+            warn!(%gossip_addr, "gossip address has no IP: peers will use our source IP");
+        }
+        let local_hello = config
+            .hello
+            .to_hello(gossip_addr)
+            .encode()
+            .context("local hello")?;
+
+        let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let shared = Arc::new(Shared::new(
+            config.counters.clone(),
+            config.tuning.clone(),
+            config.policy.clone(),
+            config.on_reject.clone(),
+            local_hello,
+            inbox_tx,
+        ));
+        let outbox = Outbox::new(endpoint.clone(), shared.clone());
+        let acceptor = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        debug!(%local_addr, %gossip_addr, "QUIC gossip socket open");
+        Ok(Self {
+            endpoint,
+            shared,
+            outbox,
+            inbox,
+            acceptor,
+        })
+    }
+}
+
+/// Accepts connection attempts, at most [`MAX_PENDING_HANDSHAKES`] at a time.
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            debug!(peer=%incoming.remote_address(), "too many handshakes in progress, refused");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            handshake::accept(shared, incoming).await;
+            drop(permit);
+        });
+    }
+}
+
+#[async_trait]
+impl Socket for QuicSocket {
+    /// Never waits on the network; see the module docs.
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        if to.port() == 0 || to.ip().is_unspecified() {
+            debug!(%to, "not a peer address, message dropped");
+            self.shared.counters.dropped_send();
+            return Ok(());
+        }
+        let bytes = message.serialize_to_vec();
+        if bytes.len() > MAX_MESSAGE_SIZE {
+            warn!(%to, len = bytes.len(), "gossip message over the size limit, dropped");
+            self.shared.counters.dropped_send();
+            return Ok(());
+        }
+        self.outbox.push(to, bytes);
+        Ok(())
+    }
+
+    /// Never fails; cancel-safe.
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        match self.inbox.recv().await {
+            Some(received) => Ok(received),
+            // `shared` holds a sender for as long as we live: unreachable.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for QuicSocket {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.outbox.shutdown();
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
+    }
+}
