@@ -144,7 +144,12 @@ pub async fn run(
     let node = Node::new(now(), node_config, roster, initial_state, persisted.epoch);
 
     let mut initial_kvs = Published::identity_pairs(&fingerprint, unix_ms());
-    for (k, v) in &config.tags {
+    let mut tags = config.tags.clone();
+    let has_writable_task = config.tasks.iter().any(|t| t.requires_writable);
+    if chorus_core::leader::must_not_lead(&tags, has_writable_task) {
+        tags.insert(chorus_core::leader::LEADER_TAG.into(), "false".into());
+    }
+    for (k, v) in &tags {
         initial_kvs.push((Published::tag_key(k), v.clone()));
     }
     let chitchat_config = gossip::chitchat_config(
@@ -285,7 +290,7 @@ pub async fn run(
                     let message = if changed { format!("now {}", state.as_str()) } else { format!("already {}", state.as_str()) };
                     let _ = reply.send(Response::Done { message });
                 }
-                Input::Leave(reply) => break Ok((Exit::Left, Some(reply))),
+                Input::Leave(reply, written) => break Ok((Exit::Left, Some((reply, written)))),
             },
             stop = &mut shutdown => match stop {
                 Stop::Graceful => break Ok((Exit::Shutdown, None)),
@@ -316,10 +321,12 @@ pub async fn run(
         return Ok(exit);
     }
     agent.leave(config.gossip_interval).await;
-    if let Some(reply) = reply {
+    if let Some((reply, written)) = reply {
         let _ = reply.send(Response::Done {
             message: format!("{} left the cluster", config.node_id),
         });
+        // The client's connection task writes the answer: do not exit before it has.
+        let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
     }
     let _ = agent.chitchat.shutdown().await;
     tracing::info!(node = %config.node_id, "chorus agent stopped");

@@ -32,7 +32,10 @@ pub struct ApiView {
 #[derive(Debug)]
 pub enum Input {
     Sessions(u64, oneshot::Sender<Response>),
-    Leave(oneshot::Sender<Response>),
+    /// The receiver resolves once the reply has been written to the client (its sender is
+    /// dropped then): the agent waits for it before it exits, or `chorus leave` could see the
+    /// connection close without an answer.
+    Leave(oneshot::Sender<Response>, oneshot::Receiver<()>),
     Forget(String, oneshot::Sender<Response>),
     SetState(chorus_core::member::NodeState, oneshot::Sender<Response>),
 }
@@ -192,12 +195,14 @@ async fn handle_connection(stream: UnixStream, state: ServerState) -> std::io::R
         if request == Request::Watch {
             return stream_events(&mut write, &state).await;
         }
-        let response = answer(request, &state).await;
+        let (written, written_rx) = oneshot::channel::<()>();
+        let response = answer(request, &state, written_rx).await;
         write_response(&mut write, &response).await?;
+        drop(written);
     }
 }
 
-async fn answer(request: Request, state: &ServerState) -> Response {
+async fn answer(request: Request, state: &ServerState, written: oneshot::Receiver<()>) -> Response {
     let view = state.view.read().clone();
     let (tx, rx) = oneshot::channel();
     let input = match request {
@@ -223,7 +228,7 @@ async fn answer(request: Request, state: &ServerState) -> Response {
         }
         Request::Watch => unreachable!("watch is streamed by the caller"),
         Request::Load { sessions } => Input::Sessions(sessions, tx),
-        Request::Leave => Input::Leave(tx),
+        Request::Leave => Input::Leave(tx, written),
         Request::Forget { node } => Input::Forget(node, tx),
         Request::Drain => Input::SetState(chorus_core::member::NodeState::Draining, tx),
         Request::Resume => Input::SetState(chorus_core::member::NodeState::Active, tx),

@@ -148,7 +148,10 @@ impl fmt::Display for Alert {
                 list(lost),
                 list(reachable)
             ),
-            Alert::QuorumLost { reachable, unreachable } => write!(
+            Alert::QuorumLost {
+                reachable,
+                unreachable,
+            } => write!(
                 f,
                 "quorum lost: this node is on the minority side; reachable {}, unreachable {}",
                 list(reachable),
@@ -157,18 +160,31 @@ impl fmt::Display for Alert {
             Alert::QuorumRegained { reachable } => {
                 write!(f, "quorum regained; reachable {}", list(reachable))
             }
-            Alert::SplitBrainHealed { duration_ms, ours, theirs } => write!(
+            Alert::SplitBrainHealed {
+                duration_ms,
+                ours,
+                theirs,
+            } => write!(
                 f,
                 "split-brain healed after {:.1}s: this side {}, other side {}",
                 *duration_ms as f64 / 1000.0,
                 list(ours),
                 list(theirs)
             ),
-            Alert::NodeReaped { node, forgotten: true } => {
+            Alert::NodeReaped {
+                node,
+                forgotten: true,
+            } => {
                 write!(f, "node {node} forgotten: removed from the roster")
             }
-            Alert::NodeReaped { node, forgotten: false } => {
-                write!(f, "node {node} reaped: dead too long, removed from the roster")
+            Alert::NodeReaped {
+                node,
+                forgotten: false,
+            } => {
+                write!(
+                    f,
+                    "node {node} reaped: dead too long, removed from the roster"
+                )
             }
             Alert::LeaderChanged { old, new, epoch } => write!(
                 f,
@@ -177,7 +193,10 @@ impl fmt::Display for Alert {
                 new.as_deref().unwrap_or("none")
             ),
             Alert::DualLeader { leaders } => {
-                let l: Vec<String> = leaders.iter().map(|(n, e)| format!("{n} (epoch {e})")).collect();
+                let l: Vec<String> = leaders
+                    .iter()
+                    .map(|(n, e)| format!("{n} (epoch {e})"))
+                    .collect();
                 write!(f, "two leaders at once: {}", l.join(" and "))
             }
         }

@@ -26,7 +26,8 @@ pub mod keys {
     pub const LOAD: &str = "load";
     /// Prefix of one key per tag: `tag:read_only`.
     pub const TAG_PREFIX: &str = "tag:";
-    /// The node this node votes for as leader (empty: no vote).
+    /// The node this node votes for as leader and a sequence number it bumps every few gossip
+    /// rounds, `n3#17` (`#17`: no vote). See [`super::vote_value`].
     pub const VOTE: &str = "vote";
     /// The epoch of the leadership this node claims (empty: not leading).
     pub const LEAD: &str = "lead";
@@ -109,6 +110,8 @@ pub struct Published {
     pub load: Option<Load>,
     /// Whom this node votes for as leader.
     pub vote: Option<NodeId>,
+    /// The sequence number of the vote: it moves while the voter is heard from.
+    pub vote_seq: u64,
     /// The epoch of the leadership this node claims.
     pub lead: Option<u64>,
     /// The largest epoch this node has seen.
@@ -130,7 +133,7 @@ impl Published {
                 keys::START_MS => out.start_ms = value.parse().ok(),
                 keys::STATE => out.state = NodeState::parse(value).unwrap_or_default(),
                 keys::LOAD => out.load = Load::parse(value),
-                keys::VOTE => out.vote = (!value.is_empty()).then(|| value.to_string()),
+                keys::VOTE => (out.vote, out.vote_seq) = parse_vote(value),
                 keys::LEAD => out.lead = value.parse().ok(),
                 keys::EPOCH => out.epoch = value.parse().unwrap_or(0),
                 _ => {
@@ -167,6 +170,28 @@ impl Published {
     pub fn tag_key(tag: &str) -> String {
         format!("{}{tag}", keys::TAG_PREFIX)
     }
+}
+
+/// The `vote` value: the candidate (none: empty) and the sequence number, `n3#17`.
+///
+/// A leader counts a vote only while its sequence number keeps moving: the key-values of a
+/// node arrive only over links that work both ways, while its heartbeat can also arrive alone
+/// (in a SYN's digest) over a link that works one way, so a heartbeat says "alive", not "still
+/// votes for you".
+pub fn vote_value(candidate: Option<&str>, seq: u64) -> String {
+    format!("{}#{seq}", candidate.unwrap_or(""))
+}
+
+/// The inverse of [`vote_value`]; a value without `#` is a candidate with sequence 0.
+fn parse_vote(value: &str) -> (Option<NodeId>, u64) {
+    let (candidate, seq) = match value.rsplit_once('#') {
+        Some((c, s)) => match s.parse() {
+            Ok(seq) => (c, seq),
+            Err(_) => (value, 0),
+        },
+        None => (value, 0),
+    };
+    ((!candidate.is_empty()).then(|| candidate.to_string()), seq)
 }
 
 /// How this node sees another.
@@ -259,6 +284,16 @@ mod tests {
         ] {
             assert_eq!(Load::parse(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn vote_round_trips_with_its_sequence() {
+        for (candidate, seq) in [(Some("n3"), 17), (None, 4), (Some("a#b"), 0)] {
+            let p = Published::from_pairs([(keys::VOTE, vote_value(candidate, seq).as_str())]);
+            assert_eq!((p.vote.as_deref(), p.vote_seq), (candidate, seq));
+        }
+        let p = Published::from_pairs([(keys::VOTE, "n3")]);
+        assert_eq!((p.vote.as_deref(), p.vote_seq), (Some("n3"), 0));
     }
 
     #[test]

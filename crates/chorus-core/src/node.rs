@@ -16,14 +16,17 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
-use crate::leader::{Election, ElectionInput, ElectionOutput};
-use crate::split::{SplitDetector, SplitOutput};
 use crate::fingerprint::{CompatPolicy, Fingerprint};
+use crate::leader::{Election, ElectionInput, ElectionOutput};
 use crate::load::{LoadPolicy, LoadTracker};
 use crate::member::{keys, Member, NodeId, NodeState, Status};
 use crate::quorum::{self, Partition};
 use crate::roster::{Roster, RosterEntry};
+use crate::split::{SplitDetector, SplitOutput};
 use crate::view::{MemberView, Observation, ViewContext};
+
+/// How long a peer refused at its hello stays listed after its last attempt.
+pub const REFUSED_SHOWN_FOR: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -114,6 +117,8 @@ pub struct Node {
     state: NodeState,
     /// The reason last alerted for each rejected node, so a refusal is reported once.
     rejections: HashMap<NodeId, String>,
+    /// Peers the transport refused at the hello: node id -> (address, reason, when).
+    refused: HashMap<NodeId, (SocketAddr, String, Instant)>,
     /// Since when each roster member has been down, for reaping.
     down_since: HashMap<NodeId, Instant>,
     split: SplitDetector,
@@ -148,6 +153,7 @@ impl Node {
             split: SplitDetector::new(config.split_window),
             election: Election::new(now, config.lease, epoch),
             down_since: HashMap::new(),
+            refused: HashMap::new(),
             config,
             roster,
             view: MemberView::default(),
@@ -176,6 +182,11 @@ impl Node {
             suspect_after: self.config.suspect_after,
         };
         self.view.update(now, observations, &self.roster, &ctx);
+        self.refused
+            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN_FOR);
+        for (id, (addr, reason, _)) in &self.refused {
+            self.view.add_refused(id, *addr, reason);
+        }
 
         let mut roster_changed = false;
         let mut alerts = Vec::new();
@@ -214,7 +225,10 @@ impl Node {
         self.effects.extend(alerts.into_iter().map(Effect::Alert));
 
         let quorum = self.quorum();
-        roster_changed |= self.reap(now, quorum.quorum && quorum.partition == Partition::Majority);
+        roster_changed |= self.reap(
+            now,
+            quorum.quorum && quorum.partition == Partition::Majority,
+        );
         if roster_changed {
             self.effects
                 .push_back(Effect::PersistRoster(self.roster.entries()));
@@ -238,7 +252,12 @@ impl Node {
         self.run_election(now, &roster_ids, &quorum);
     }
 
-    fn run_election(&mut self, now: Instant, roster: &BTreeSet<NodeId>, q: &quorum::QuorumAssessment) {
+    fn run_election(
+        &mut self,
+        now: Instant,
+        roster: &BTreeSet<NodeId>,
+        q: &quorum::QuorumAssessment,
+    ) {
         let input = ElectionInput {
             now,
             self_id: &self.config.node_id,
@@ -250,9 +269,9 @@ impl Node {
         };
         for output in self.election.step(&input) {
             let effect = match output {
-                ElectionOutput::Vote(v) => Effect::Publish {
+                ElectionOutput::Vote { candidate, seq } => Effect::Publish {
                     key: keys::VOTE.into(),
-                    value: v.unwrap_or_default(),
+                    value: crate::member::vote_value(candidate.as_deref(), seq),
                 },
                 ElectionOutput::PersistEpoch(e) => Effect::PersistEpoch(e),
                 ElectionOutput::MaxEpoch(e) => Effect::Publish {
@@ -306,6 +325,22 @@ impl Node {
             }
         }
         changed
+    }
+
+    /// The transport refused a peer at its hello (another cluster or version). It is shown as
+    /// `rejected` with the reason; the alert is raised on the next gossip call, once per reason.
+    pub fn handle_refused_peer(
+        &mut self,
+        now: Instant,
+        node_id: &str,
+        addr: SocketAddr,
+        reason: &str,
+    ) {
+        if node_id.is_empty() || node_id == self.config.node_id {
+            return;
+        }
+        self.refused
+            .insert(node_id.to_string(), (addr, reason.to_string(), now));
     }
 
     /// `chorus forget NODE`: removes a dead member from the roster at once.
@@ -430,6 +465,21 @@ impl Node {
         quorum::assess(&roster, &self.up_ids(), self.config.expect)
     }
 
+    /// How long since each peer's heartbeat last moved (the failure detector's input).
+    pub fn heartbeat_ages(&self, now: Instant) -> HashMap<NodeId, Duration> {
+        self.view
+            .members()
+            .filter(|m| !m.is_self)
+            .filter_map(|m| {
+                let seen = self.view.seen(&m.node_id)?;
+                Some((
+                    m.node_id.clone(),
+                    now.saturating_duration_since(seen.last_advance),
+                ))
+            })
+            .collect()
+    }
+
     /// The epoch this node leads with, if it leads.
     pub fn leading(&self) -> Option<u64> {
         self.election.leading()
@@ -482,3 +532,7 @@ fn transition_alert(prev: Option<(Status, u64)>, m: &Member) -> Option<Alert> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -91,13 +91,14 @@ impl SplitDetector {
         }
         if self.next_deadline().is_some_and(|d| now >= d) {
             let failed = std::mem::take(&mut self.pending);
-            self.pending_since = None;
+            // The split began at the first failure, not when the window closed.
+            let first_failure = self.pending_since.take().unwrap_or(now);
             if failed.len() == 1 {
                 let (node, addr) = failed.into_iter().next().expect("one failure");
                 out.push(SplitOutput::Alert(Alert::NodeFailed { node, addr }));
             } else {
                 let lost: Vec<NodeId> = failed.into_iter().map(|(n, _)| n).collect();
-                self.open_episode(now, &reachable, &lost);
+                self.open_episode(first_failure, &reachable, &lost);
                 out.push(SplitOutput::Alert(Alert::SplitBrainSuspected {
                     lost,
                     reachable: reachable.clone(),
@@ -187,7 +188,9 @@ mod tests {
         d.poll(t0, &roster, &all, &assess(&roster, &all, 0));
         d.on_failure(t0, "e", addr());
         let up = set(&["a", "b", "c", "d"]);
-        assert!(d.poll(t0 + W / 2, &roster, &up, &assess(&roster, &up, 0)).is_empty());
+        assert!(d
+            .poll(t0 + W / 2, &roster, &up, &assess(&roster, &up, 0))
+            .is_empty());
         let out = d.poll(t0 + W, &roster, &up, &assess(&roster, &up, 0));
         assert_eq!(kinds(&out), vec!["node_failed"]);
     }
@@ -205,8 +208,16 @@ mod tests {
         assert_eq!(kinds(&out), vec!["split_brain_suspected"]);
         let healed = d.poll(t0 + W * 10, &roster, &roster, &assess(&roster, &roster, 0));
         match &healed[..] {
-            [SplitOutput::Alert(Alert::SplitBrainHealed { duration_ms, ours, theirs })] => {
-                assert_eq!(*duration_ms, (W * 9).as_millis() as u64);
+            [SplitOutput::Alert(Alert::SplitBrainHealed {
+                duration_ms,
+                ours,
+                theirs,
+            })] => {
+                assert_eq!(
+                    *duration_ms,
+                    (W * 10).as_millis() as u64,
+                    "from the first failure"
+                );
                 assert_eq!(ours, &vec!["c".to_string(), "d".into(), "e".into()]);
                 assert_eq!(theirs, &vec!["a".to_string(), "b".into()]);
             }
@@ -224,7 +235,9 @@ mod tests {
         let out = d.poll(t0, &roster, &up, &assess(&roster, &up, 0));
         assert_eq!(kinds(&out), vec!["quorum_lost", "panic"]);
         assert!(d.in_minority());
-        assert!(d.poll(t0 + W, &roster, &up, &assess(&roster, &up, 0)).is_empty());
+        assert!(d
+            .poll(t0 + W, &roster, &up, &assess(&roster, &up, 0))
+            .is_empty());
         let out = d.poll(t0 + W * 2, &roster, &roster, &assess(&roster, &roster, 0));
         assert_eq!(kinds(&out), vec!["quorum_regained", "split_brain_healed"]);
     }
@@ -235,7 +248,9 @@ mod tests {
         let roster = set(&["a", "b", "c"]);
         let up = set(&["a"]);
         let mut d = SplitDetector::new(W);
-        assert!(d.poll(t0, &roster, &up, &assess(&roster, &up, 0)).is_empty());
+        assert!(d
+            .poll(t0, &roster, &up, &assess(&roster, &up, 0))
+            .is_empty());
     }
 
     #[test]
@@ -245,6 +260,8 @@ mod tests {
         let mut d = SplitDetector::new(W);
         d.poll(t0, &roster, &roster, &assess(&roster, &roster, 0));
         d.on_failure(t0, "c", addr());
-        assert!(d.poll(t0 + W, &roster, &roster, &assess(&roster, &roster, 0)).is_empty());
+        assert!(d
+            .poll(t0 + W, &roster, &roster, &assess(&roster, &roster, 0))
+            .is_empty());
     }
 }

@@ -40,6 +40,8 @@ pub struct Seen {
     /// When this node last saw the heartbeat move (for itself: now).
     pub last_advance: Instant,
     pub vote: Option<NodeId>,
+    /// Moves every few rounds while the node is heard from (see [`crate::member::vote_value`]).
+    pub vote_seq: u64,
     pub lead: Option<u64>,
     pub epoch: u64,
 }
@@ -102,6 +104,7 @@ impl MemberView {
                 Seen {
                     last_advance,
                     vote: obs.published.vote.clone(),
+                    vote_seq: obs.published.vote_seq,
                     lead: obs.published.lead,
                     epoch: obs.published.epoch,
                 },
@@ -207,6 +210,28 @@ impl MemberView {
     /// Election facts of a node gossip knows (absent for roster-only rows).
     pub fn seen(&self, node_id: &str) -> Option<&Seen> {
         self.seen.get(node_id)
+    }
+
+    /// Shows a peer the transport refused at its hello as `rejected`, unless gossip knows it
+    /// (a node is never both a member and refused: gossip only carries accepted peers).
+    pub(crate) fn add_refused(&mut self, node_id: &str, addr: SocketAddr, reason: &str) {
+        self.members
+            .entry(node_id.to_string())
+            .or_insert_with(|| Member {
+                node_id: node_id.to_string(),
+                addr,
+                generation: 0,
+                status: Status::Rejected,
+                state: NodeState::Active,
+                app_version: None,
+                fingerprint: None,
+                load: Load::default(),
+                tags: BTreeMap::new(),
+                start_ms: None,
+                reason: Some(reason.to_string()),
+                leader: false,
+                is_self: false,
+            });
     }
 
     pub(crate) fn set_leader(&mut self, leader: Option<&str>) {
