@@ -42,6 +42,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// Parses one request line strictly: an object with a known `cmd` and only that command's
+    /// fields (serde ignores extra fields on field-less variants of a tagged enum, so they are
+    /// checked here: a typo must not be silently ignored).
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("invalid request: {e}"))?;
+        if !value.is_object() {
+            return Err("invalid request: expected a JSON object like {\"cmd\":\"status\"}".into());
+        }
+        let request: Request =
+            serde_json::from_value(value.clone()).map_err(|e| format!("invalid request: {e}"))?;
+        let known = serde_json::to_value(&request).expect("requests always serialize");
+        if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
+            if let Some(extra) = given.keys().find(|k| !known.contains_key(*k)) {
+                return Err(format!("invalid request: unknown field {extra:?}"));
+            }
+        }
+        Ok(request)
+    }
+
     /// Requests that change the agent's state are refused to other users than the agent's own
     /// and root.
     pub fn changes_state(&self) -> bool {
@@ -149,5 +169,16 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"load","sessions":-1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn strict_parse_refuses_extra_fields_and_non_objects() {
+        assert_eq!(Request::parse(r#"{"cmd":"members"}"#), Ok(Request::Members));
+        assert!(Request::parse(r#"{"cmd":"members","status":"alive"}"#)
+            .unwrap_err()
+            .contains("unknown field \"status\""));
+        assert!(Request::parse(r#"["members"]"#).is_err());
+        assert!(Request::parse(r#"{"cmd":"pick"}"#).is_ok());
+        assert!(Request::parse("not json").is_err());
     }
 }

@@ -170,9 +170,7 @@ async fn handle_connection(stream: UnixStream, state: ServerState) -> std::io::R
             Line::Eof => return Ok(()),
             Line::TooLong => Err(format!("request larger than {MAX_REQUEST_BYTES} bytes")),
             Line::Text(text) if text.trim().is_empty() => continue,
-            Line::Text(text) => {
-                serde_json::from_str::<Request>(&text).map_err(|e| format!("invalid request: {e}"))
-            }
+            Line::Text(text) => Request::parse(&text),
         };
         let request = match request {
             Ok(r) => r,

@@ -9,6 +9,8 @@ use chorus_agent::{logging, AgentError, Exit, Stop, TransportChoice};
 
 /// Exit code of `--panic-exit` when quorum is lost.
 pub const PANIC_EXIT_CODE: u8 = 3;
+/// Exit code of a bad flag, config file or setting.
+pub const USAGE_EXIT_CODE: u8 = 2;
 use clap::Args;
 
 /// Agent flags; each may also be set in the `--config` TOML file under the same name
@@ -144,7 +146,14 @@ impl AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let config = args.settings()?.validate()?;
+    // A bad setting is a usage error (exit 2), like a bad flag.
+    let config = match args.settings().and_then(|s| Ok(s.validate()?)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chorus: {e:#}");
+            return Ok(ExitCode::from(USAGE_EXIT_CODE));
+        }
+    };
     logging::init(config.log_format);
     let exit = match chorus_agent::run(config, TransportChoice::FromConfig, shutdown_signal()).await
     {
