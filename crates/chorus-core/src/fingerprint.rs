@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Version of the chorus gossip schema and hello. Nodes with different protocols never mix.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Hex characters of a file hash carried in gossip: enough to tell files apart, short on the wire.
 const FILE_HASH_HEX: usize = 12;

@@ -294,6 +294,8 @@ impl Election {
                     };
                 } else if !is_up(input, &current) || !self.heard_within(input, &current, self.lease)
                 {
+                    // Gone quiet: it stops counting this vote a lease after it last heard it;
+                    // hold the vote until it has not been heard for twice that.
                     if !self.heard_within(input, &current, self.vote_wait()) {
                         self.vote = match best {
                             Some(b) => Vote::For(b),

@@ -33,6 +33,9 @@ pub mod keys {
     pub const LEAD: &str = "lead";
     /// The largest fencing epoch this node has seen.
     pub const EPOCH: &str = "epoch";
+    /// Prefix of one key per peer this node refused at the hello: `refused:<node>` =
+    /// `<addr> <reason>` (empty once forgotten).
+    pub const REFUSED_PREFIX: &str = "refused:";
 }
 
 /// Whether a node takes new sessions; `Left` is published by a graceful stop.
@@ -116,6 +119,8 @@ pub struct Published {
     pub lead: Option<u64>,
     /// The largest epoch this node has seen.
     pub epoch: u64,
+    /// Peers this node refused at the hello: node id -> (address, reason).
+    pub refused: BTreeMap<NodeId, (SocketAddr, String)>,
 }
 
 impl Published {
@@ -139,6 +144,13 @@ impl Published {
                 _ => {
                     if let Some(tag) = key.strip_prefix(keys::TAG_PREFIX) {
                         out.tags.insert(tag.to_string(), value.to_string());
+                    } else if let Some(node) = key.strip_prefix(keys::REFUSED_PREFIX) {
+                        let parsed = value.split_once(' ').and_then(|(addr, reason)| {
+                            Some((addr.parse::<SocketAddr>().ok()?, reason.to_string()))
+                        });
+                        if let Some(entry) = parsed {
+                            out.refused.insert(node.to_string(), entry);
+                        }
                     }
                 }
             }
@@ -169,6 +181,15 @@ impl Published {
 
     pub fn tag_key(tag: &str) -> String {
         format!("{}{tag}", keys::TAG_PREFIX)
+    }
+
+    pub fn refused_key(node: &str) -> String {
+        format!("{}{node}", keys::REFUSED_PREFIX)
+    }
+
+    /// A refused peer's id comes from the peer: publish it only if it is a sane key.
+    pub fn refused_key_allowed(node: &str) -> bool {
+        !node.is_empty() && node.len() <= 64 && node.chars().all(|c| c.is_ascii_graphic())
     }
 }
 

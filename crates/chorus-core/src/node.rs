@@ -19,7 +19,7 @@ use crate::alert::Alert;
 use crate::fingerprint::{CompatPolicy, Fingerprint};
 use crate::leader::{Election, ElectionInput, ElectionOutput};
 use crate::load::{LoadPolicy, LoadTracker};
-use crate::member::{keys, Member, NodeId, NodeState, Status};
+use crate::member::{keys, Member, NodeId, NodeState, Published, Status};
 use crate::quorum::{self, Partition};
 use crate::roster::{Roster, RosterEntry};
 use crate::split::{SplitDetector, SplitOutput};
@@ -27,6 +27,9 @@ use crate::view::{MemberView, Observation, ViewContext};
 
 /// How long a peer refused at its hello stays listed after its last attempt.
 pub const REFUSED_SHOWN_FOR: Duration = Duration::from_secs(10 * 60);
+/// Refusals a node tells the cluster about at once (each is a gossip key); more are still
+/// shown locally.
+pub const MAX_PUBLISHED_REFUSALS: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -182,10 +185,36 @@ impl Node {
             suspect_after: self.config.suspect_after,
         };
         self.view.update(now, observations, &self.roster, &ctx);
-        self.refused
-            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < REFUSED_SHOWN_FOR);
+        let expired: Vec<NodeId> = self
+            .refused
+            .iter()
+            .filter(|(_, (_, _, at))| now.saturating_duration_since(*at) >= REFUSED_SHOWN_FOR)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.refused.remove(&id);
+            self.effects.push_back(Effect::Publish {
+                key: Published::refused_key(&id),
+                value: String::new(),
+            });
+        }
         for (id, (addr, reason, _)) in &self.refused {
             self.view.add_refused(id, *addr, reason);
+        }
+        // Peers refused by the others: they never gossip, so only the refusing nodes know them.
+        for obs in observations
+            .iter()
+            .filter(|o| o.live && o.node_id != self.config.node_id)
+        {
+            for (id, (addr, reason)) in &obs.published.refused {
+                if *id != self.config.node_id {
+                    self.view.add_refused(
+                        id,
+                        *addr,
+                        &format!("{reason} (seen by {})", obs.node_id),
+                    );
+                }
+            }
         }
 
         let mut roster_changed = false;
@@ -338,6 +367,15 @@ impl Node {
     ) {
         if node_id.is_empty() || node_id == self.config.node_id {
             return;
+        }
+        let known = self.refused.get(node_id).map(|(a, r, _)| (*a, r.clone()));
+        let publishable = Published::refused_key_allowed(node_id)
+            && (known.is_some() || self.refused.len() < MAX_PUBLISHED_REFUSALS);
+        if publishable && known != Some((addr, reason.to_string())) {
+            self.effects.push_back(Effect::Publish {
+                key: Published::refused_key(node_id),
+                value: format!("{addr} {reason}"),
+            });
         }
         self.refused
             .insert(node_id.to_string(), (addr, reason.to_string(), now));

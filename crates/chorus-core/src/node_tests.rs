@@ -221,3 +221,44 @@ fn read_only_nodes_do_not_lead_when_a_task_needs_writes() {
     assert!(must_not_lead(&no, false));
     assert!(!must_not_lead(&BTreeMap::new(), true));
 }
+
+#[test]
+fn a_refusal_is_published_and_shown_by_the_others() {
+    let t0 = Instant::now();
+    let mut refuser = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    refuser.handle_refused_peer(t0, "evil", addr(7), "refused at hello: app version \"9\"");
+    let published: Vec<(String, String)> = drain(&mut refuser)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Publish { key, value } if key.starts_with("refused:") => Some((key, value)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published.len(), 1);
+
+    // Another node sees a's state, refusal included, by gossip.
+    let mut a = obs("a", 1, 1, true, 1, "1.0", "active");
+    let pairs: Vec<(String, String)> = Published::identity_pairs(&fp("1.0"), 1)
+        .into_iter()
+        .chain(published)
+        .collect();
+    a.published = Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut other = Node::new(t0, config("b", 2), Roster::default(), NodeState::Active, 0);
+    other.handle_gossip(t0, &[a, obs("b", 2, 1, true, 1, "1.0", "active")]);
+    assert!(alerts(&drain(&mut other)).contains(&"version_rejected"));
+    let evil = other.members().find(|m| m.node_id == "evil").unwrap();
+    assert_eq!(evil.status, Status::Rejected);
+    assert!(
+        evil.reason.as_deref().unwrap().contains("seen by a"),
+        "{evil:?}"
+    );
+
+    // The refusal is withdrawn once it is old.
+    refuser.handle_gossip(
+        t0 + REFUSED_SHOWN_FOR,
+        &[obs("a", 1, 1, true, 1, "1.0", "active")],
+    );
+    assert!(drain(&mut refuser).iter().any(
+        |e| matches!(e, Effect::Publish { key, value } if key == "refused:evil" && value.is_empty())
+    ));
+}
