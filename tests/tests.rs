@@ -7,11 +7,23 @@
 //! - `process.rs`: real `chorus agent` processes driven through the `chorus` command and
 //!   its `--json` output, read into structs defined in the test, so a renamed field fails.
 //! - `bad_input.rs`: junk on the socket and on the gossip port; requests from other users.
+//! - `drain.rs`: drain and resume in-process: a draining node is never picked once its state
+//!   has spread (the spread time is measured), it stays drained across a restart; bad
+//!   `pick`/`drain` flags.
+//! - `leader_process.rs`: real processes: `kill -9` of the leader, failover time measured, a
+//!   scheduled task's lines show one node per epoch, never interleaved.
+//! - `metrics.rs`: `--metrics-addr` over real HTTP: every documented metric name, values that
+//!   follow a crash.
+//! - `rolling.rs`: `scripts/rolling-restart.sh` over three real agents while `pick` is asked
+//!   every 50 ms: it never returns the node being restarted.
+//! - `partition.rs`: split-brain and leadership on a fault-injecting in-process network
+//!   (partitions, crashes, restarts, message loss), on tokio's paused clock: quorum and
+//!   split-brain alerts, and a seeded leader checker (`CHORUS_SEED` replays one schedule).
 //! - `netns.rs`: real partitions between agents in network namespaces (root only,
 //!   `#[ignore]`d; `scripts/test.sh` runs them); its lab is `netns_support.rs`.
 //! - `support/`: helpers: `wait_until` (poll with a deadline, never a bare sleep), free
-//!   loopback ports, in-process agents (`support::agent`), the binary and `KillOnDrop`
-//!   (`support::bin`).
+//!   loopback ports, in-process agents (`support::agent`), their recorded `watch` events
+//!   (`support::events`), the binary and `KillOnDrop` (`support::bin`).
 //!
 //! Pure decision logic is tested in `crates/chorus-core` (unit, property and scenario tests),
 //! not here. A new test goes in the file above whose subject it shares; a new subject gets a
@@ -25,5 +37,10 @@ mod support;
 
 mod bad_input;
 mod cluster;
+mod drain;
+mod leader_process;
+mod metrics;
 mod netns;
+mod partition;
 mod process;
+mod rolling;

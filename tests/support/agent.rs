@@ -13,6 +13,7 @@ use chorus_agent::client::{self, Client};
 use chorus_agent::{AgentError, Exit, Settings, Stop, TransportChoice};
 use chorus_core::alert::Alert;
 use chorus_core::member::{Member, Status};
+use chorus_net::{FaultController, FaultyTransport};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -34,6 +35,9 @@ pub enum Net {
     /// What a deployment runs: the agent builds its transport from its configuration, QUIC
     /// with mutual TLS, with certificates minted from this cluster key.
     Quic(Arc<ClusterKey>),
+    /// chitchat's in-memory transport behind chorus-net's fault injector: the test partitions,
+    /// isolates, drops and delays messages through the [`FaultController`] it keeps.
+    Faulty(FaultyTransport),
 }
 
 /// A cluster CA (as `chorus keygen` writes it) in a temporary directory.
@@ -61,9 +65,15 @@ impl Net {
         Net::Quic(Arc::new(ClusterKey::generate(cluster)))
     }
 
+    /// An in-memory network whose faults `controller` steers.
+    pub fn faulty(controller: &FaultController) -> Net {
+        Net::Faulty(FaultyTransport::in_memory(controller.clone()))
+    }
+
     fn transport(&self) -> TransportChoice {
         match self {
             Net::Channel(t) => TransportChoice::Custom(Arc::new(t.clone())),
+            Net::Faulty(t) => TransportChoice::Custom(Arc::new(t.clone())),
             Net::Udp | Net::Quic(_) => TransportChoice::FromConfig,
         }
     }
@@ -73,6 +83,7 @@ impl Net {
     async fn can_open(&self, addr: SocketAddr) -> Result<(), String> {
         match self {
             Net::Channel(t) => t.open(addr).await.map(drop).map_err(|e| e.to_string()),
+            Net::Faulty(t) => t.open(addr).await.map(drop).map_err(|e| e.to_string()),
             Net::Udp | Net::Quic(_) => std::net::UdpSocket::bind(addr)
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -89,6 +100,8 @@ pub struct AgentSpec {
     pub seeds: Vec<SocketAddr>,
     pub app_version: String,
     pub net: Net,
+    /// Where to serve Prometheus metrics (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     dir: Arc<TempDir>,
 }
 
@@ -105,6 +118,7 @@ impl AgentSpec {
             seeds: Vec::new(),
             app_version: APP_VERSION.to_string(),
             net: net.clone(),
+            metrics_addr: None,
             dir: Arc::new(dir),
         }
     }
@@ -116,6 +130,12 @@ impl AgentSpec {
 
     pub fn app_version(mut self, version: &str) -> AgentSpec {
         self.app_version = version.to_string();
+        self
+    }
+
+    /// Serves Prometheus metrics on `addr` (`--metrics-addr`).
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> AgentSpec {
+        self.metrics_addr = Some(addr);
         self
     }
 
@@ -139,12 +159,13 @@ impl AgentSpec {
             gossip_interval: Some(format!("{}ms", GOSSIP_INTERVAL.as_millis())),
             cluster_key: match &self.net {
                 Net::Quic(key) => Some(key.path.clone()),
-                Net::Channel(_) | Net::Udp => None,
+                Net::Channel(_) | Net::Udp | Net::Faulty(_) => None,
             },
             transport: match &self.net {
                 Net::Udp => Some("udp".into()),
-                Net::Channel(_) | Net::Quic(_) => None,
+                Net::Channel(_) | Net::Quic(_) | Net::Faulty(_) => None,
             },
+            metrics_addr: self.metrics_addr.map(|a| a.to_string()),
             ..Settings::default()
         }
         .validate()

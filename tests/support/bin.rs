@@ -1,6 +1,7 @@
 //! The `chorus` binary: finding it, running client commands, and agents as real processes
 //! that are always stopped ([`KillOnDrop`]), even when a test fails half way.
 
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -163,6 +164,16 @@ impl KeyFile {
     }
 }
 
+/// `chorus ARGS` (an agent) as a [`KillOnDrop`] logging to `log`.
+fn agent_process(name: &str, args: &[OsString], log: PathBuf) -> KillOnDrop {
+    let mut command = Command::new(chorus_bin());
+    command
+        .env_remove("CHORUS_SOCKET")
+        .env("RUST_LOG", "info,chitchat=warn")
+        .args(args);
+    KillOnDrop::spawn(name, command, log)
+}
+
 /// A `chorus agent` process on a loopback port, with its data dir and socket in a temporary
 /// directory. It gossips as deployed: QUIC with mutual TLS, certificate minted from `key`.
 pub struct ProcAgent {
@@ -170,6 +181,10 @@ pub struct ProcAgent {
     pub addr: SocketAddr,
     pub socket: PathBuf,
     pub process: KillOnDrop,
+    /// The `chorus agent` arguments, for [`ProcAgent::start_again`].
+    args: Vec<OsString>,
+    /// How many times the process was started (names its log file).
+    starts: u32,
     // Dropped after the process (fields drop in order), so the agent never loses its dir.
     _dir: TempDir,
 }
@@ -183,6 +198,18 @@ impl ProcAgent {
         seeds: &[SocketAddr],
         extra: &[&str],
     ) -> ProcAgent {
+        ProcAgent::spawn_with_interval(node_id, cluster, key, seeds, GOSSIP_INTERVAL, extra)
+    }
+
+    /// Like [`ProcAgent::spawn`], with another gossip interval than the tests' default.
+    pub fn spawn_with_interval(
+        node_id: &str,
+        cluster: &str,
+        key: &KeyFile,
+        seeds: &[SocketAddr],
+        gossip_interval: Duration,
+        extra: &[&str],
+    ) -> ProcAgent {
         let dir = tempfile::Builder::new()
             .prefix("chorus-proc-")
             .tempdir()
@@ -191,8 +218,6 @@ impl ProcAgent {
         let socket = dir.path().join("agent.sock");
         let mut command = Command::new(chorus_bin());
         command
-            .env_remove("CHORUS_SOCKET")
-            .env("RUST_LOG", "info,chitchat=warn")
             .arg("agent")
             .args(["--node-id", node_id, "--cluster", cluster])
             .args(["--listen", &addr.to_string()])
@@ -202,7 +227,7 @@ impl ProcAgent {
             .arg(&socket)
             .args([
                 "--gossip-interval",
-                &format!("{}ms", GOSSIP_INTERVAL.as_millis()),
+                &format!("{}ms", gossip_interval.as_millis()),
             ])
             .args(["--app-version", super::agent::APP_VERSION])
             .arg("--cluster-key")
@@ -211,14 +236,31 @@ impl ProcAgent {
         for seed in seeds {
             command.args(["--seed", &seed.to_string()]);
         }
-        let process = KillOnDrop::spawn(node_id, command, dir.path().join("agent.log"));
+        let args: Vec<OsString> = command.get_args().map(OsStr::to_os_string).collect();
+        let process = agent_process(node_id, &args, dir.path().join("agent.log"));
         ProcAgent {
             node_id: node_id.to_string(),
             addr,
             socket,
             process,
+            args,
+            starts: 1,
             _dir: dir,
         }
+    }
+
+    /// SIGTERM, then waits for the process to exit (a graceful stop: it publishes `left`).
+    pub async fn stop(&mut self, within: Duration) -> ExitStatus {
+        self.process.signal("TERM");
+        self.process.wait_exit(within).await
+    }
+
+    /// Starts the agent again after it exited (or was killed): same node id, address, flags,
+    /// data dir and socket, as a service manager would. Each run logs to its own file.
+    pub fn start_again(&mut self) {
+        self.starts += 1;
+        let log = self._dir.path().join(format!("agent-{}.log", self.starts));
+        self.process = agent_process(&self.node_id, &self.args, log);
     }
 
     pub fn socket_arg(&self) -> &str {

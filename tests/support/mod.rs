@@ -1,11 +1,13 @@
 //! Helpers shared by every test: free loopback ports, [`wait_until`], test logging, in-process
-//! agents ([`agent`]) and the `chorus` binary ([`bin`]).
+//! agents ([`agent`]), their recorded `watch` events ([`events`]) and the `chorus` binary
+//! ([`bin`]).
 //!
 //! Synchronisation is always "poll a condition until a deadline" ([`wait_until`]), never a
 //! bare sleep: a slow machine only makes a test slower, never wrong.
 
 pub mod agent;
 pub mod bin;
+pub mod events;
 
 use std::collections::HashSet;
 use std::future::Future;

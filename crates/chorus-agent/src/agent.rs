@@ -177,12 +177,15 @@ pub async fn run(
         warn_insecure(&config);
     }
     let metrics = Arc::new(Metrics::new());
-    let metrics_task = match config.metrics_addr {
+    let _metrics_task = match config.metrics_addr {
         Some(addr) => {
             let listener = metrics::bind(addr)
                 .await
                 .map_err(|source| AgentError::Metrics { addr, source })?;
-            Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+            ))))
         }
         None => None,
     };
@@ -217,7 +220,7 @@ pub async fn run(
         advertise,
     };
     agent.step(now()).await;
-    let server_task = tokio::spawn(server::serve(
+    let _server_task = AbortOnDrop(tokio::spawn(server::serve(
         listener,
         ServerState {
             view: agent.view.clone(),
@@ -225,7 +228,7 @@ pub async fn run(
             inputs: inputs_tx,
             owner_uid,
         },
-    ));
+    )));
     tracing::info!(
         node = %config.node_id, cluster = %config.cluster, addr = %advertise,
         generation = agent.persisted.generation, fingerprint = %fingerprint.digest,
@@ -302,10 +305,8 @@ pub async fn run(
             }
         }
     };
-    server_task.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
+    // New clients find no socket; the server itself (and any `watch` stream) ends when its
+    // guard drops, after a `leave` reply has been written.
     let _ = std::fs::remove_file(&config.socket);
     agent.tasks.stop();
     let (exit, reply) = match outcome {
@@ -333,6 +334,15 @@ pub async fn run(
     Ok(exit)
 }
 
+/// Aborts a background task when the agent returns, whichever way it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Running {
     metrics: Arc<Metrics>,
     /// Transport counters; `None` for a transport supplied by a test.
@@ -356,6 +366,9 @@ impl Running {
     /// Feeds the current gossip state to core, carries out the effects, publishes the view.
     async fn step(&mut self, now: Instant) {
         let started = std::time::Instant::now();
+        // Publish what a request just changed (drain, load) before reading gossip back, so
+        // the view answered next (this node's own row: `pick`, `drain --wait`) shows it.
+        self.apply_effects().await;
         let observations = {
             let guard = self.chitchat.chitchat();
             let chitchat = guard.lock().await;
@@ -419,7 +432,12 @@ impl Running {
     }
 
     fn persist(&mut self) {
-        self.persisted.state = Some(self.node.state());
+        // `left` is how a run ends, not a state to come back in: a graceful stop must not
+        // overwrite `draining` (the drain survives a restart until `resume`).
+        let state = self.node.state();
+        if state != NodeState::Left {
+            self.persisted.state = Some(state);
+        }
         if let Err(e) = self.data_dir.save(&self.persisted) {
             // The old file is intact (atomic write); the next change tries again.
             tracing::error!(error = %e, "cannot persist state");

@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::api::{Request, Response, StatusReport, WatchEvent, MAX_REQUEST_BYTES};
 
@@ -82,9 +83,13 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, u32), ServerError> {
     Ok((listener, owner_uid))
 }
 
+/// Serves until the task is aborted; aborting it also ends every open connection (a `watch`
+/// client then sees its stream end), because the connections live in a `JoinSet` it owns.
 pub async fn serve(listener: UnixListener, state: ServerState) {
     let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
@@ -96,7 +101,7 @@ pub async fn serve(listener: UnixListener, state: ServerState) {
             }
         };
         let state = state.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             if let Err(e) = handle_connection(stream, state).await {
                 tracing::debug!(error = %e, "socket client went away");

@@ -10,8 +10,12 @@ use chorus_core::member::Status;
 use crate::render;
 use crate::ClientOpts;
 
+/// `KEY=VALUE` for `--tag` and `--exclude-tag`; clap names the flag, so the message does not.
 pub fn parse_tag(s: &str) -> Result<(String, String), String> {
-    chorus_agent::config::parse_tag(s).map_err(|e| e.to_string())
+    chorus_agent::config::parse_tag(s).map_err(|e| match e {
+        chorus_agent::config::ConfigError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 async fn call(opts: &ClientOpts, request: Request) -> anyhow::Result<Response> {
