@@ -154,32 +154,7 @@ fn delete_stale_labs() {
     }
 }
 
-/// The `chorus` binary: `CARGO_BIN_EXE_chorus` if set, else `target/{debug,release}/chorus`
-/// of the workspace (or `CARGO_TARGET_DIR`).
-pub fn chorus_bin() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Some(p) = option_env!("CARGO_BIN_EXE_chorus") {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_chorus") {
-        candidates.push(PathBuf::from(p));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    candidates.push(target.join("debug/chorus"));
-    candidates.push(target.join("release/chorus"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "cannot find the chorus binary (looked at {candidates:?}); \
-                 build it first: cargo build -p chorus-cli"
-            )
-        })
-}
+pub use crate::support::bin::chorus_bin;
 
 /// Runs `chorus ARGS` (a client command, from the host's namespace: the Unix socket is a
 /// file, which every namespace shares).

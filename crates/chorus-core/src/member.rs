@@ -287,6 +287,28 @@ pub struct Member {
     pub is_self: bool,
 }
 
+impl Member {
+    /// A row for a node known only by name and address (a roster member gossip has not
+    /// delivered, or a peer refused at its hello).
+    pub fn unseen(node_id: &str, addr: SocketAddr, status: Status, reason: Option<&str>) -> Member {
+        Member {
+            node_id: node_id.to_string(),
+            addr,
+            generation: 0,
+            status,
+            state: NodeState::Active,
+            app_version: None,
+            fingerprint: None,
+            load: Load::default(),
+            tags: BTreeMap::new(),
+            start_ms: None,
+            reason: reason.map(str::to_string),
+            leader: false,
+            is_self: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::fingerprint::{CompatPolicy, Fingerprint};
-use crate::member::{Load, Member, NodeId, NodeState, Published, Status};
+use crate::member::{Member, NodeId, NodeState, Published, Status};
 use crate::roster::Roster;
 
 /// What chitchat knows about one incarnation `(node_id, generation)` of a node, stamped by the
@@ -136,21 +136,7 @@ impl MemberView {
         for entry in roster.entries() {
             members
                 .entry(entry.node_id.clone())
-                .or_insert_with(|| Member {
-                    node_id: entry.node_id.clone(),
-                    addr: entry.addr,
-                    generation: 0,
-                    status: Status::Dead,
-                    state: NodeState::Active,
-                    app_version: None,
-                    fingerprint: None,
-                    load: Load::default(),
-                    tags: BTreeMap::new(),
-                    start_ms: None,
-                    reason: None,
-                    leader: false,
-                    is_self: false,
-                });
+                .or_insert_with(|| Member::unseen(&entry.node_id, entry.addr, Status::Dead, None));
         }
         self.heartbeats.retain(|id, _| members.contains_key(id));
         self.members = members;
@@ -217,21 +203,7 @@ impl MemberView {
     pub(crate) fn add_refused(&mut self, node_id: &str, addr: SocketAddr, reason: &str) {
         self.members
             .entry(node_id.to_string())
-            .or_insert_with(|| Member {
-                node_id: node_id.to_string(),
-                addr,
-                generation: 0,
-                status: Status::Rejected,
-                state: NodeState::Active,
-                app_version: None,
-                fingerprint: None,
-                load: Load::default(),
-                tags: BTreeMap::new(),
-                start_ms: None,
-                reason: Some(reason.to_string()),
-                leader: false,
-                is_self: false,
-            });
+            .or_insert_with(|| Member::unseen(node_id, addr, Status::Rejected, Some(reason)));
     }
 
     pub(crate) fn set_leader(&mut self, leader: Option<&str>) {
