@@ -6,6 +6,8 @@
 //!   restart.
 //! - `process.rs`: real `chorus agent` processes driven through the `chorus` command and
 //!   its `--json` output, read into structs defined in the test, so a renamed field fails.
+//! - `quic.rs`: the deployed transport in process: 10 agents over QUIC + mutual TLS, an agent
+//!   with another CA never seen alive.
 //! - `bad_input.rs`: junk on the socket and on the gossip port; requests from other users.
 //! - `drain.rs`: drain and resume in-process: a draining node is never picked once its state
 //!   has spread (the spread time is measured), it stays drained across a restart; bad
@@ -43,4 +45,5 @@ mod metrics;
 mod netns;
 mod partition;
 mod process;
+mod quic;
 mod rolling;
