@@ -60,6 +60,8 @@ step cargo clippy --workspace --all-targets -- -D warnings
 step cargo build --workspace
 step with_timeout cargo test --workspace -- --test-threads="$TEST_THREADS"
 step with_timeout cargo test -p chorus-tests -- --ignored netns --test-threads=1 --nocapture
+# The benchmark is never a test, but its tiny configuration runs here so it cannot rot.
+step with_timeout cargo run -q -p chorus-bench -- --quick
 
 echo
 echo "==> all green in $((SECONDS - started))s"
