@@ -199,7 +199,11 @@ pub async fn run(
     let (listener, owner_uid) = server::bind(&config.socket).await?;
     let (inputs_tx, mut inputs) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(WATCH_BUFFER);
-    let writable = config.tags.get("read_only").map(String::as_str) != Some("true");
+    let writable = config
+        .tags
+        .get(chorus_core::leader::READ_ONLY_TAG)
+        .map(String::as_str)
+        != Some("true");
     let mut agent = Running {
         metrics,
         counters,
