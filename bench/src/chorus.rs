@@ -58,8 +58,8 @@ pub struct ChorusCluster {
     _dir: TempDir,
 }
 
-/// Settings of agent `i` of a benchmark cluster (also used for the real-process run).
-pub fn settings(
+/// Settings of agent `i`: chorus's defaults but for the addresses, directories and wire.
+fn settings(
     i: usize,
     addrs: &[SocketAddr],
     dir: &std::path::Path,
@@ -93,12 +93,12 @@ pub fn settings(
     }
 }
 
-pub fn node_id(i: usize) -> String {
+fn node_id(i: usize) -> String {
     format!("n{i:03}")
 }
 
 /// Writes a fresh cluster CA (as `chorus keygen` does) into `dir`.
-pub fn write_cluster_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+fn write_cluster_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("cluster.pem");
     std::fs::write(&path, chorus_net::ClusterCa::generate("chorus")?.to_pem())?;
     Ok(path)
@@ -114,7 +114,12 @@ impl ChorusCluster {
         };
         let addrs = measure::free_addrs(n)?;
         let mut agents = Vec::with_capacity(n);
+        let interval = options
+            .gossip_interval
+            .unwrap_or(chorus_agent::config::DEFAULT_GOSSIP_INTERVAL);
+        let launches = measure::Launches::over(interval, n);
         for i in 0..n {
+            launches.turn(i).await;
             let config: AgentConfig =
                 settings(i, &addrs, dir.path(), options, key.as_deref()).validate()?;
             let socket = config.socket.clone();

@@ -95,6 +95,28 @@ pub fn free_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
+/// Spreads node launches evenly over one gossip (or probe) period, so the nodes do not all
+/// gossip in the same instant of every period, as nodes started by hand never do. (Launched
+/// together, their rounds stay in lockstep and every result comes in whole periods.)
+pub struct Launches {
+    first: tokio::time::Instant,
+    step: Duration,
+}
+
+impl Launches {
+    pub fn over(period: Duration, n: usize) -> Launches {
+        Launches {
+            first: tokio::time::Instant::now(),
+            step: period / n.max(1) as u32,
+        }
+    }
+
+    /// Waits for node `i`'s turn.
+    pub async fn turn(&self, i: usize) {
+        tokio::time::sleep_until(self.first + self.step * i as u32).await;
+    }
+}
+
 /// The seeds node `i` joins through: the first three nodes, itself excluded.
 pub fn seeds_for(i: usize, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     addrs

@@ -80,7 +80,7 @@ pub struct PlainCluster {
 }
 
 /// chitchat's configuration for node `i`: its defaults, with the benchmark's gossip interval.
-pub fn config(i: usize, addrs: &[SocketAddr], gossip_interval: Duration) -> ChitchatConfig {
+fn config(i: usize, addrs: &[SocketAddr], gossip_interval: Duration) -> ChitchatConfig {
     ChitchatConfig {
         chitchat_id: ChitchatId::new(format!("n{i:03}"), 0, addrs[i]),
         cluster_id: "bench".into(),
@@ -105,7 +105,9 @@ impl PlainCluster {
         let transport = CountingTransport(counters.clone());
         let mut nodes = Vec::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
+        let launches = measure::Launches::over(gossip_interval, n);
         for i in 0..n {
+            launches.turn(i).await;
             let config = config(i, &addrs, gossip_interval);
             ids.push(config.chitchat_id.clone());
             nodes.push(Some(spawn_chitchat(config, Vec::new(), &transport).await?));

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use chorus_agent::api::{Request, Response};
 use chorus_agent::client::Client;
 use serde::{Deserialize, Serialize};
@@ -137,15 +138,19 @@ async fn measure_process(
 
     let outcome = async {
         let deadline = started + timings.converge;
+        let mut seen = None;
         loop {
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "the process did not see all {n} alive within {:?}",
+                "the process saw {} of {n} alive after {:?} (a binary built from other \
+                 sources is refused at the hello)",
+                seen.map_or("none".to_string(), |s: usize| s.to_string()),
                 timings.converge
             );
             if let Ok(Response::Status { status }) =
                 chorus_agent::client::call(&socket, &Request::Status).await
             {
+                seen = Some(status.node.alive);
                 if status.node.alive == n {
                     break;
                 }
@@ -156,16 +161,14 @@ async fn measure_process(
         tokio::time::sleep(timings.settle + timings.steady.min(Duration::from_secs(10))).await;
         result.rss_kib = measure::rss_kib(&pid);
 
-        let (count, mut latencies) = query_loop(&socket, query_for).await?;
+        let mut one = query_threads(&socket, 1, query_for).await?;
+        let (count, mut latencies) = one.pop().context("no query thread")?;
         latencies.sort_by(f64::total_cmp);
         result.qps_one = count as f64 / query_for.as_secs_f64();
         result.p50_us = quantile(&latencies, 0.50);
         result.p99_us = quantile(&latencies, 0.99);
-        let concurrent = futures_util::future::join_all(
-            (0..CONCURRENT_CLIENTS).map(|_| query_loop(&socket, query_for)),
-        )
-        .await;
-        let total: usize = concurrent.iter().flatten().map(|(c, _)| c).sum();
+        let concurrent = query_threads(&socket, CONCURRENT_CLIENTS, query_for).await?;
+        let total: usize = concurrent.iter().map(|(c, _)| c).sum();
         result.qps_four = total as f64 / query_for.as_secs_f64();
         Ok(())
     }
@@ -185,6 +188,36 @@ async fn measure_process(
         let _ = child.kill().await;
     }
     outcome
+}
+
+/// Runs `clients` query loops at once, each on a thread of its own with its own runtime, so
+/// they do not queue behind the N-1 in-process agents on this process's runtime.
+async fn query_threads(
+    socket: &Path,
+    clients: usize,
+    how_long: Duration,
+) -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let socket = socket.to_path_buf();
+            std::thread::spawn(move || -> anyhow::Result<(usize, Vec<f64>)> {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(query_loop(&socket, how_long))
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a query thread panicked"))?
+            })
+            .collect()
+    })
+    .await?
 }
 
 /// `status` on one kept connection, back to back, for `how_long`: the count and each

@@ -270,3 +270,58 @@ pub fn real_table(results: &[RealResult]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(system: &str, detect: f64, bytes: f64) -> RunResult {
+        RunResult {
+            system: system.into(),
+            n: 10,
+            converge_s: Some(2.0),
+            converged: 10,
+            detect: Some(Spread {
+                min: detect - 1.0,
+                median: detect,
+                max: detect + 1.0,
+            }),
+            steady_s: 60.0,
+            bytes_out_per_node: bytes,
+            rss_kib_total: 10 * 1024,
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn tables_show_medians_ratios_and_failures() {
+        let mut broken = run("foca", 1.0, 1.0);
+        broken.error = Some("did not finish within 5s: stopped".into());
+        let results = [
+            run("chorus-quic", 3.0, 2048.0),
+            run("chorus-quic", 5.0, 4096.0),
+            run("chorus-quic", 4.0, 3072.0),
+            run("chitchat", 8.0, 3072.0),
+            broken,
+        ];
+        let systems: Vec<String> = ["chorus-quic", "chitchat", "foca"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let text = tables(&results, &[10], &systems);
+        assert!(
+            text.contains("| chorus-quic | 3/3 | 2.00 | 3.00 / 4.00 / 5.00 |"),
+            "{text}"
+        );
+        assert!(text.contains("| 3.00 |"), "KiB/s median: {text}");
+        assert!(text.contains("| foca | 0/1 | — |"), "{text}");
+        assert!(
+            text.contains("foca: did not finish within 5s: stopped"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| detection, median observer | 0.50 | — |"),
+            "{text}"
+        );
+    }
+}

@@ -230,7 +230,10 @@ impl SwimCluster {
         let counters = Arc::new(Counters::default());
         let size = NonZeroU32::new(n.try_into()?).ok_or_else(|| anyhow::anyhow!("no nodes"))?;
         let mut nodes = Vec::with_capacity(n);
+        let config = Config::new_lan(size);
+        let launches = measure::Launches::over(config.probe_period, n);
         for (i, addr) in addrs.iter().enumerate() {
+            launches.turn(i).await;
             let socket = UdpSocket::bind(addr).await?;
             let view = Shared::default();
             let (commands, rx) = mpsc::channel(16);
@@ -239,7 +242,7 @@ impl SwimCluster {
                     addr: *addr,
                     bump: 0,
                 },
-                Config::new_lan(size),
+                config.clone(),
                 SmallRng::seed_from_u64(i as u64 + 1),
                 BincodeCodec(bincode::config::standard()),
                 Values(view.clone()),
@@ -397,5 +400,38 @@ impl Cluster for SwimCluster {
                 let _ = task.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_broadcasts_are_kept_once_and_newer_ones_replace_them() {
+        let view = Shared::default();
+        let mut values = Values(view.clone());
+        let key = values.receive_item(&encode_value(3, 1, 42), None).unwrap();
+        assert_eq!(
+            key,
+            Some(ValueKey {
+                origin: 3,
+                version: 1
+            })
+        );
+        assert_eq!(
+            values.receive_item(&encode_value(3, 1, 42), None).unwrap(),
+            None
+        );
+        let newer = values
+            .receive_item(&encode_value(3, 2, 7), None)
+            .unwrap()
+            .unwrap();
+        assert!(newer.invalidates(&ValueKey {
+            origin: 3,
+            version: 1
+        }));
+        assert_eq!(lock(&view).values.get(&3), Some(&(2, 7)));
+        assert!(values.receive_item(&[1, 2, 3], None).is_err());
     }
 }
