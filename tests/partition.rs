@@ -190,6 +190,32 @@ impl Lab {
     }
 }
 
+/// Waits for `quorum_lost` on each node of `side`, naming exactly `side` as reachable and
+/// `other` as unreachable; prints how long after `since` each came.
+async fn expect_quorum_lost(lab: &Lab, side: &[&str], other: &[&str], since: Instant, label: &str) {
+    for n in side {
+        let lost = lab
+            .log
+            .wait_for(n, "quorum_lost", SLOW, |a| {
+                matches!(a, Alert::QuorumLost { .. })
+            })
+            .await;
+        let Alert::QuorumLost {
+            reachable,
+            unreachable,
+        } = lost.alert()
+        else {
+            unreachable!()
+        };
+        assert_eq!(reachable, &ids(side), "{n}");
+        assert_eq!(unreachable, &ids(other), "{n}");
+        println!(
+            "{label}: {n} raised quorum_lost {:?} after the fault",
+            lost.at - since
+        );
+    }
+}
+
 fn ids(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
@@ -209,27 +235,7 @@ async fn five_split_3_2() {
 
     // The two: quorum_lost, naming who they still reach and who they lost; then `minority`
     // and no leadership in `status`.
-    for n in minority {
-        let lost = lab
-            .log
-            .wait_for(n, "quorum_lost", SLOW, |a| {
-                matches!(a, Alert::QuorumLost { .. })
-            })
-            .await;
-        let Alert::QuorumLost {
-            reachable,
-            unreachable,
-        } = lost.alert()
-        else {
-            unreachable!()
-        };
-        assert_eq!(reachable, &ids(&minority), "{n}");
-        assert_eq!(unreachable, &ids(&majority), "{n}");
-        println!(
-            "five_split_3_2: {n} raised quorum_lost {:?} after the partition",
-            lost.at - split_at
-        );
-    }
+    expect_quorum_lost(&lab, &minority, &majority, split_at, "five_split_3_2").await;
     lab.wait_status("the two say minority", &minority, |s| {
         !s.node.quorum && s.node.partition == Partition::Minority && !s.is_leader
     })
@@ -463,27 +469,7 @@ async fn three_of_five_crash_survivors_lose_quorum() {
     for n in crashed {
         lab.cluster.take(n).stop(Stop::Crash).await;
     }
-    for n in survivors {
-        let lost = lab
-            .log
-            .wait_for(n, "quorum_lost", SLOW, |a| {
-                matches!(a, Alert::QuorumLost { .. })
-            })
-            .await;
-        let Alert::QuorumLost {
-            reachable,
-            unreachable,
-        } = lost.alert()
-        else {
-            unreachable!()
-        };
-        assert_eq!(reachable, &ids(&survivors), "{n}");
-        assert_eq!(unreachable, &ids(&crashed), "{n}");
-        println!(
-            "three_crash: {n} raised quorum_lost {:?} after the crashes",
-            lost.at - crash_at
-        );
-    }
+    expect_quorum_lost(&lab, &survivors, &crashed, crash_at, "three_crash").await;
     // Nobody leads a minority, whoever led before.
     lab.wait_status("the two say minority, without a leader", &survivors, |s| {
         !s.node.quorum
