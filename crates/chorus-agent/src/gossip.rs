@@ -17,6 +17,11 @@ pub const DEAD_NODE_GRACE: Duration = Duration::from_secs(10 * 60);
 /// How long deleted keys are kept as tombstones.
 pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(60 * 60);
 
+/// Heartbeat arrivals the failure detector averages over, per peer. chitchat's 1,000 is an
+/// 8 KB array for every peer; a few hundred arrivals (tens of seconds of history) give the
+/// same mean.
+const SAMPLING_WINDOW: usize = 200;
+
 /// chitchat's settings for a given gossip interval. The phi-accrual detector learns the real
 /// heartbeat intervals; its prior is the gossip interval so a new node is judged fairly.
 pub fn chitchat_config(
@@ -36,7 +41,7 @@ pub fn chitchat_config(
         seed_nodes: seeds,
         failure_detector_config: FailureDetectorConfig {
             phi_threshold: 8.0,
-            sampling_window_size: 1_000,
+            sampling_window_size: SAMPLING_WINDOW,
             max_interval: (gossip_interval * 10).max(Duration::from_secs(2)),
             initial_interval: gossip_interval,
             dead_node_grace_period: DEAD_NODE_GRACE,

@@ -5,6 +5,7 @@
 
 mod agent_cmd;
 mod keygen;
+mod memory;
 mod query;
 mod render;
 
@@ -142,9 +143,20 @@ fn parse_sessions(s: &str) -> Result<u64, String> {
         .map_err(|_| "expected a whole number of sessions, 0 or more".to_string())
 }
 
+/// The agent mostly waits on sockets: two workers keep a slow request from delaying gossip,
+/// and more would only add stacks and allocator arenas on a many-core host.
+const MAX_WORKER_THREADS: usize = 2;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Agent(_)) {
+        memory::use_one_malloc_arena();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            MAX_WORKER_THREADS
+                .min(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        )
         .enable_all()
         .build()
     {
