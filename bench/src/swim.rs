@@ -1,8 +1,9 @@
-//! foca, a SWIM implementation: one task per node drives the sans-I/O `Foca` state machine
+//! foca 2, a SWIM implementation: one task per node drives the sans-I/O `Foca` state machine
 //! over a plain tokio UDP socket, with its own timer queue. Configuration:
 //! `Config::new_lan(N)` (foca's LAN profile, derived from memberlist: 1 s probe period,
 //! suspicion 4 x log10(N) probe periods, periodic gossip to 3 members every 200 ms).
-//! The value phase uses foca's custom broadcasts.
+//! The value phase uses foca's custom broadcasts. Packets are encoded with bincode 2 (standard
+//! config) through foca's serde derives, as foca 1's removed `BincodeCodec` did.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -12,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut};
 use foca::{
-    BincodeCodec, BroadcastHandler, Config, Foca, Invalidates, Notification, Runtime, Timer,
+    BroadcastHandler, Codec, Config, Foca, Header, Invalidates, Member, Notification, Runtime,
+    Timer,
 };
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -55,6 +58,62 @@ impl foca::Identity for Id {
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.bump > adversary.bump
+    }
+}
+
+/// foca's wire format: bincode 2 with the standard config over foca's serde derives, written
+/// to and read from foca's buffers as foca 1's `BincodeCodec` did (foca 2 dropped it). When an
+/// item does not fit, the write fails part way and foca truncates the packet back itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bincode;
+
+#[derive(Debug)]
+enum CodecError {
+    Encode(bincode::error::EncodeError),
+    Decode(bincode::error::DecodeError),
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecError::Encode(e) => write!(f, "bincode encode: {e}"),
+            CodecError::Decode(e) => write!(f, "bincode decode: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+impl Bincode {
+    fn encode<T: Serialize>(item: &T, buf: impl BufMut) -> Result<(), CodecError> {
+        bincode::serde::encode_into_std_write(item, &mut buf.writer(), bincode::config::standard())
+            .map(|_| ())
+            .map_err(CodecError::Encode)
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(buf: impl Buf) -> Result<T, CodecError> {
+        bincode::serde::decode_from_std_read(&mut buf.reader(), bincode::config::standard())
+            .map_err(CodecError::Decode)
+    }
+}
+
+impl Codec<Id> for Bincode {
+    type Error = CodecError;
+
+    fn encode_header(&mut self, header: &Header<Id>, buf: impl BufMut) -> Result<(), CodecError> {
+        Bincode::encode(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<Id>, CodecError> {
+        Bincode::decode(buf)
+    }
+
+    fn encode_member(&mut self, member: &Member<Id>, buf: impl BufMut) -> Result<(), CodecError> {
+        Bincode::encode(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl Buf) -> Result<Member<Id>, CodecError> {
+        Bincode::decode(buf)
     }
 }
 
@@ -244,7 +303,7 @@ impl SwimCluster {
                 },
                 config.clone(),
                 SmallRng::seed_from_u64(i as u64 + 1),
-                BincodeCodec(bincode::config::standard()),
+                Bincode,
                 Values(view.clone()),
             );
             let seeds = measure::seeds_for(i, &addrs);
@@ -276,7 +335,7 @@ impl SwimCluster {
     }
 }
 
-type SwimFoca = Foca<Id, BincodeCodec<bincode::config::Configuration>, SmallRng, Values>;
+type SwimFoca = Foca<Id, Bincode, SmallRng, Values>;
 
 async fn run_node(
     mut foca: SwimFoca,
@@ -406,6 +465,42 @@ impl Cluster for SwimCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(port: u16, bump: u64) -> Id {
+        Id {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            bump,
+        }
+    }
+
+    #[test]
+    fn the_codec_reads_back_what_it_writes_one_item_at_a_time() {
+        let header = Header {
+            src: id(7001, 2),
+            src_incarnation: 3,
+            dst: id(7002, 0),
+            message: foca::Message::PingReq {
+                target: id(7003, 1),
+                probe_number: 9,
+            },
+        };
+        let members = [Member::alive(id(7004, 0)), Member::down(id(7005, 5))];
+        let mut buf = Vec::new();
+        Bincode.encode_header(&header, &mut buf).unwrap();
+        for member in &members {
+            Bincode.encode_member(member, &mut buf).unwrap();
+        }
+        let mut data = &buf[..];
+        assert_eq!(Bincode.decode_header(&mut data).unwrap(), header);
+        for member in &members {
+            assert_eq!(&Bincode.decode_member(&mut data).unwrap(), member);
+        }
+        assert!(data.is_empty());
+
+        let mut small = [0u8; 4];
+        assert!(Bincode.encode_header(&header, &mut small[..]).is_err());
+        assert!(Bincode.decode_header(&buf[..4]).is_err());
+    }
 
     #[test]
     fn value_broadcasts_are_kept_once_and_newer_ones_replace_them() {
