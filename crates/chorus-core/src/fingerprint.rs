@@ -9,8 +9,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Version of the chorus gossip schema and hello. Nodes with different protocols never mix.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of the chorus gossip schema, hello and wire encoding. Nodes with different protocols
+/// never mix. 3: gossip messages travel in chorus-net's compact wire form, which a node of 2
+/// cannot read.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Hex characters of a file hash carried in gossip: enough to tell files apart, short on the wire.
 const FILE_HASH_HEX: usize = 12;
@@ -286,6 +288,16 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_node_of_protocol_2_is_refused() {
+        let ours = Fingerprint::compute(PROTOCOL_VERSION, "1", &[]);
+        let theirs = Fingerprint::compute(2, "1", &[]);
+        assert_eq!(
+            CompatPolicy::AppMajor.check(&ours, &theirs),
+            Err(Mismatch::Protocol { ours: 3, theirs: 2 })
+        );
     }
 
     #[test]

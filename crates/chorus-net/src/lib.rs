@@ -10,12 +10,15 @@
 //! | [`tls`] | [`ClusterCa`], [`NodeIdentity`], [`TlsMode`]: cluster PKI and rustls configs |
 //! | [`quic`] | [`QuicTransport`]: QUIC + mutual TLS + [`Hello`], per-peer queues; limits and close codes |
 //! | `fault` | [`FaultyTransport`] + [`FaultController`]: partitions, drops, delays for tests |
+//! | [`wire`] | the bytes on the wire: chitchat's encoding with a compact digest |
 //!
 //! # Rules every transport here keeps
 //!
 //! - `Socket::recv` never returns an error: chitchat's gossip loop stops for
 //!   good on the first one. Garbage and I/O errors are counted and skipped.
 //! - `Socket::send` never blocks the gossip loop on a slow or dead peer.
+//! - Whatever goes on a network is [`wire::encode`]'s form of the message,
+//!   never plain chitchat bytes; byte counters count those wire bytes.
 //!
 //! See `docs/chitchat.md` for why chitchat is pinned to 0.11.2.
 
@@ -24,6 +27,7 @@ mod fault;
 pub mod quic;
 pub mod tls;
 mod udp;
+pub mod wire;
 
 pub use counters::{NetCounters, NetStats};
 pub use fault::{FaultController, FaultStats, FaultyTransport};

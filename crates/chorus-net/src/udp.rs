@@ -3,6 +3,8 @@
 //!
 //! It behaves like `chitchat::transport::UdpTransport` (one datagram per
 //! message, 65,507 bytes at most) but:
+//! - datagrams hold the [`wire`](crate::wire) form, not chitchat's own bytes
+//!   (never longer, so whatever chitchat sized for a datagram still fits);
 //! - every byte and message is counted in a [`NetCounters`];
 //! - undecodable datagrams are counted as garbage and skipped;
 //! - no I/O error ever escapes `recv` (an error there would end chitchat's
@@ -11,13 +13,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
-use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use chitchat::ChitchatMessage;
 use tracing::{debug, warn};
 
 use crate::counters::NetCounters;
+use crate::wire;
 
 /// Largest payload a UDP datagram can carry over IPv4.
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -52,7 +55,6 @@ impl Transport for CountingUdpTransport {
         Ok(Box::new(CountingUdpSocket {
             socket,
             counters: self.counters.clone(),
-            buf_send: Vec::with_capacity(MAX_UDP_PAYLOAD),
             buf_recv: vec![0u8; MAX_UDP_PAYLOAD + 1].into_boxed_slice(),
         }))
     }
@@ -61,22 +63,30 @@ impl Transport for CountingUdpTransport {
 struct CountingUdpSocket {
     socket: tokio::net::UdpSocket,
     counters: NetCounters,
-    buf_send: Vec<u8>,
     buf_recv: Box<[u8]>,
 }
 
 #[async_trait]
 impl Socket for CountingUdpSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
-        self.buf_send.clear();
-        message.serialize(&mut self.buf_send);
-        let len = self.buf_send.len();
-        if len > MAX_UDP_PAYLOAD {
-            warn!(to=%to, len, "gossip message too large for one UDP datagram, dropped");
-            self.counters.dropped_send();
-            return Ok(());
-        }
-        match self.socket.send_to(&self.buf_send, to).await {
+        let encoded = wire::encode(&message).and_then(|bytes| {
+            ensure!(
+                bytes.len() <= MAX_UDP_PAYLOAD,
+                "{} bytes, too large for one UDP datagram",
+                bytes.len()
+            );
+            Ok(bytes)
+        });
+        let bytes = match encoded {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                warn!(to=%to, error=%err, "gossip message dropped");
+                self.counters.dropped_send();
+                return Ok(());
+            }
+        };
+        let len = bytes.len();
+        match self.socket.send_to(&bytes, to).await {
             Ok(_) => self.counters.sent(len),
             Err(err) => {
                 debug!(to=%to, error=%err, "UDP send failed");
@@ -98,8 +108,7 @@ impl Socket for CountingUdpSocket {
                 }
             };
             self.counters.received_bytes(len);
-            let mut payload = &self.buf_recv[..len];
-            match ChitchatMessage::deserialize(&mut payload) {
+            match wire::decode(&self.buf_recv[..len]) {
                 Ok(message) => {
                     self.counters.received_message();
                     return Ok((from, message));

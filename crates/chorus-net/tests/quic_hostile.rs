@@ -16,7 +16,7 @@ use chorus_net::quic::{
 };
 use chorus_net::tls::TLS_SERVER_NAME;
 use chorus_net::{ClusterCa, Hello, HelloTemplate, NodeIdentity, QuicTransport, TlsMode};
-use common::{assert_silent, eventually, free_addr, quic, recv, syn, DEADLINE};
+use common::{assert_silent, eventually, free_addr, quic, recv, syn, wire, DEADLINE};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, ConnectionError, Endpoint, VarInt, WriteError};
 use rand::rngs::StdRng;
@@ -176,10 +176,7 @@ async fn a_silent_peer_is_dropped_after_the_hello_timeout() {
         .unwrap();
     // Uni streams before any hello are not read.
     let mut stream = conn.open_uni().await.unwrap();
-    stream
-        .write_all(&syn("sneaky").serialize_to_vec())
-        .await
-        .unwrap();
+    stream.write_all(&wire(&syn("sneaky"))).await.unwrap();
     stream.finish().unwrap();
     match tokio::time::timeout(DEADLINE, conn.closed()).await.unwrap() {
         ConnectionError::ApplicationClosed(close) => {
@@ -200,21 +197,27 @@ async fn a_thousand_garbage_streams_do_not_hurt() {
             .await
             .expect("stream credit never came back")
             .unwrap();
+        // 0xff: no wire format (a short enough message could be valid).
+        stream.write_all(&[0xff]).await.unwrap();
         stream.write_all(&i.to_le_bytes()).await.unwrap();
         stream.finish().unwrap();
     }
+    // chitchat's own encoding, as a peer without the compact wire format sends it.
+    let mut stream = conn.open_uni().await.unwrap();
+    stream
+        .write_all(&syn("plain").serialize_to_vec())
+        .await
+        .unwrap();
+    stream.finish().unwrap();
     let counters = scene.target.counters().clone();
-    eventually("1000 garbage streams counted", || {
-        counters.snapshot().garbage_received == 1_000
+    eventually("1001 garbage streams counted", || {
+        counters.snapshot().garbage_received == 1_001
     })
     .await;
     scene.friend_gets_through("after-flood").await;
     // The flooder's connection still works for a valid message.
     let mut stream = conn.open_uni().await.unwrap();
-    stream
-        .write_all(&syn("valid").serialize_to_vec())
-        .await
-        .unwrap();
+    stream.write_all(&wire(&syn("valid"))).await.unwrap();
     stream.finish().unwrap();
     assert_eq!(recv(&mut scene.target_socket).await.1, syn("valid"));
 }
@@ -243,8 +246,8 @@ async fn stalled_streams_are_capped_per_connection() {
 async fn a_10_mb_stream_is_stopped_and_dropped() {
     let mut scene = Scene::new("huge").await;
     let (_endpoint, conn) = raw_member(&scene.ca, "hog", scene.target_addr).await;
-    // A valid chitchat header followed by 10 MB.
-    let mut huge = syn("huge").serialize_to_vec();
+    // A valid message followed by 10 MB.
+    let mut huge = wire(&syn("huge"));
     huge.resize(10 * 1024 * 1024, 0x42);
     let mut stream = conn.open_uni().await.unwrap();
     let written = tokio::time::timeout(DEADLINE, stream.write_all(&huge))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chitchat::transport::Transport;
 use chitchat::Serializable;
 use chorus_net::{ClusterCa, CountingUdpTransport, FaultController, FaultyTransport, NetCounters};
-use common::{eventually, free_addr, quic, recv, syn, DEADLINE};
+use common::{eventually, free_addr, quic, recv, syn, wire, DEADLINE};
 use tokio::time::Instant;
 
 async fn cannot_open_twice(transport: &dyn Transport) {
@@ -71,7 +71,7 @@ async fn byte_counts(transport: &dyn Transport, counters: &NetCounters) {
     let (addr1, addr2) = (free_addr(), free_addr());
     let mut socket1 = transport.open(addr1).await.unwrap();
     let mut socket2 = transport.open(addr2).await.unwrap();
-    let len = syn("cluster").serialized_len() as u64;
+    let len = wire(&syn("cluster")).len() as u64;
     socket1.send(addr2, syn("cluster")).await.unwrap();
     assert_eq!(recv(&mut socket2).await.0, addr1);
     socket2.send(addr1, syn("cluster")).await.unwrap();
@@ -114,17 +114,19 @@ async fn counting_udp_transport_skips_and_counts_garbage() {
     let mut socket = transport.open(addr).await.unwrap();
     let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     raw.send_to(b"junk", addr).await.unwrap();
-    let mut truncated = syn("cluster").serialize_to_vec();
+    let mut truncated = wire(&syn("cluster"));
     truncated.truncate(truncated.len() - 2);
     raw.send_to(&truncated, addr).await.unwrap();
     raw.send_to(&[], addr).await.unwrap();
+    // A peer without the compact wire format (an older chorus, plain chitchat).
     raw.send_to(&syn("cluster").serialize_to_vec(), addr)
         .await
         .unwrap();
+    raw.send_to(&wire(&syn("cluster")), addr).await.unwrap();
     let (from, message) = recv(&mut socket).await;
     assert_eq!(from, raw.local_addr().unwrap());
     assert_eq!(message, syn("cluster"));
     let stats = transport.counters().snapshot();
-    assert_eq!(stats.garbage_received, 3);
+    assert_eq!(stats.garbage_received, 4);
     assert_eq!(stats.messages_received, 1);
 }

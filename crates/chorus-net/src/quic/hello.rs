@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the chorus wire protocol (hello + envelopes), sent in every
 /// hello. The default policy refuses peers speaking another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: envelopes hold the [`wire`](crate::wire) form, not chitchat's bytes.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest encoded hello accepted, in bytes (room for a fingerprint listing
 /// a few hundred files).

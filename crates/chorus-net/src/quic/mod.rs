@@ -14,7 +14,7 @@
 //! # Behaviour
 //!
 //! - Each chitchat message travels on its own unidirectional stream holding
-//!   exactly the message's chitchat encoding; streams over
+//!   exactly the message's [`wire`](crate::wire) encoding; streams over
 //!   [`MAX_MESSAGE_SIZE`] are stopped and counted as garbage. A peer may have
 //!   at most [`MAX_CONCURRENT_UNI_STREAMS`] streams open per connection.
 //! - Connections are keyed by the peer's gossip address: the one we dialed,
@@ -54,8 +54,9 @@ pub use hello::{
     MAX_HELLO_SIZE, MAX_REASON_LEN, PROTOCOL_VERSION,
 };
 
-/// Largest gossip message accepted on a stream, in bytes (chitchat itself
-/// stays under ~65 KB; the margin is for future use).
+/// Largest gossip message accepted on a stream, in wire bytes (chitchat
+/// itself stays under ~65 KB; the margin is for future use). Decoded, a
+/// message may not exceed [`MAX_PLAIN_SIZE`](crate::wire::MAX_PLAIN_SIZE).
 pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
 /// Unidirectional streams a peer may have open at once on one connection.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chitchat::{ChitchatMessage, Deserializable};
+use chitchat::ChitchatMessage;
 use parking_lot::Mutex;
 use quinn::{Connection, ConnectionError, ReadToEndError, RecvStream, VarInt};
 use tokio::sync::mpsc;
@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use super::hello::{Hello, HelloPolicy, RejectObserver, RejectedPeer};
 use super::{QuicTuning, CLOSE_HELLO_REJECTED, MAX_MESSAGE_SIZE, STOP_TOO_LARGE};
 use crate::counters::NetCounters;
+use crate::wire;
 
 /// Entries kept in the per-address maps before expired ones are pruned.
 const PRUNE_THRESHOLD: usize = 1024;
@@ -208,16 +209,11 @@ async fn read_envelope(shared: Arc<Shared>, mut stream: RecvStream, from: Socket
         }
     };
     shared.counters.received_bytes(bytes.len());
-    let mut cursor = &bytes[..];
-    match ChitchatMessage::deserialize(&mut cursor) {
-        Ok(message) if cursor.is_empty() => {
+    match wire::decode(&bytes) {
+        Ok(message) => {
             shared.counters.received_message();
             // Waits when chitchat lags behind: that back-pressures the peer.
             let _ = shared.inbox.send((from, message)).await;
-        }
-        Ok(_) => {
-            debug!(peer=%from, trailing=cursor.len(), "envelope with trailing bytes dropped");
-            shared.counters.garbage();
         }
         Err(err) => {
             debug!(peer=%from, len=bytes.len(), error=%err, "undecodable envelope dropped");

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use async_trait::async_trait;
 use chitchat::transport::Socket;
-use chitchat::{ChitchatMessage, Serializable};
+use chitchat::ChitchatMessage;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use tokio::sync::{mpsc, Semaphore};
@@ -20,6 +20,7 @@ use super::{
     QuicConfig, QuicTuning, CLOSE_SHUTDOWN, INBOX_CAPACITY, MAX_CONCURRENT_UNI_STREAMS,
     MAX_MESSAGE_SIZE, MAX_PENDING_HANDSHAKES,
 };
+use crate::wire;
 
 /// Per-connection receive window across all streams.
 const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
@@ -123,13 +124,21 @@ impl Socket for QuicSocket {
             self.shared.counters.dropped_send();
             return Ok(());
         }
-        let bytes = message.serialize_to_vec();
-        if bytes.len() > MAX_MESSAGE_SIZE {
-            warn!(%to, len = bytes.len(), "gossip message over the size limit, dropped");
-            self.shared.counters.dropped_send();
-            return Ok(());
+        let encoded = wire::encode(&message).and_then(|bytes| {
+            ensure!(
+                bytes.len() <= MAX_MESSAGE_SIZE,
+                "{} bytes, over the {MAX_MESSAGE_SIZE}-byte envelope limit",
+                bytes.len()
+            );
+            Ok(bytes)
+        });
+        match encoded {
+            Ok(bytes) => self.outbox.push(to, bytes),
+            Err(err) => {
+                warn!(%to, error=%err, "gossip message dropped");
+                self.shared.counters.dropped_send();
+            }
         }
-        self.outbox.push(to, bytes);
         Ok(())
     }
 

@@ -31,8 +31,10 @@ pub fn syn(cluster: &str) -> ChitchatMessage {
     }
 }
 
-/// Encoded `Syn` whose digest lists `nodes` nodes (about 70 bytes each):
-/// the public API cannot build a large digest, but it can decode one.
+/// chitchat's encoding of a `Syn` whose digest lists `nodes` nodes (about 70
+/// bytes each): the public API cannot build a large digest, but it can decode
+/// one. Counters are scrambled so that the wire form stays large too (3,000
+/// nodes: about 130 KB).
 pub fn big_syn_bytes(nodes: u16) -> Vec<u8> {
     let mut buf = Vec::new();
     buf.extend_from_slice(&45_139u16.to_le_bytes()); // chitchat magic number
@@ -41,9 +43,14 @@ pub fn big_syn_bytes(nodes: u16) -> Vec<u8> {
     nodes.serialize(&mut buf);
     let addr: SocketAddr = ([10, 0, 0, 1], 7000).into();
     for i in 0..nodes {
-        let id = ChitchatId::new(format!("node-{i:06}-padding-padding"), u64::from(i), addr);
+        let scrambled = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let id = ChitchatId::new(format!("node-{i:06}-padding-padding"), scrambled, addr);
         id.serialize(&mut buf);
-        for value in [u64::from(i), 0, 42] {
+        for value in [
+            scrambled,
+            scrambled.rotate_left(17),
+            scrambled.rotate_left(31),
+        ] {
             value.serialize(&mut buf); // heartbeat, last gc version, max version
         }
     }
@@ -51,6 +58,12 @@ pub fn big_syn_bytes(nodes: u16) -> Vec<u8> {
     buf
 }
 
+/// The wire bytes of `message`.
+pub fn wire(message: &ChitchatMessage) -> Vec<u8> {
+    chorus_net::wire::encode(message).unwrap()
+}
+
+/// The message in chitchat's own encoding `bytes`.
 pub fn decode(bytes: &[u8]) -> ChitchatMessage {
     let mut cursor = bytes;
     let message = ChitchatMessage::deserialize(&mut cursor).unwrap();
