@@ -171,10 +171,14 @@ impl Agent {
                     .ok()
                     .and_then(Result::ok);
             }
-            let client = self.client.as_mut()?;
-            match tokio::time::timeout(CALL_TIMEOUT, client.call(request)).await {
-                Ok(Ok(response)) => return Some(response),
-                _ => self.client = None,
+            // Taken out while the call runs: a caller that gives up on this future (a phase
+            // deadline) drops the connection with it, so no late answer is read as the answer
+            // to the next request.
+            let mut client = self.client.take()?;
+            if let Ok(Ok(response)) = tokio::time::timeout(CALL_TIMEOUT, client.call(request)).await
+            {
+                self.client = Some(client);
+                return Some(response);
             }
         }
         None
