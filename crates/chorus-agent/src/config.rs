@@ -391,7 +391,9 @@ impl Settings {
     }
 }
 
-pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(1000);
+/// Short rounds are what make failure detection and value spread fast; the compact digest
+/// (chorus-net's `wire`) keeps their traffic under plain chitchat's at 1 s (docs/benchmarks.md).
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(400);
 pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

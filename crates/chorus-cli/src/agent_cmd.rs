@@ -57,7 +57,7 @@ pub struct AgentArgs {
     /// A tag k=v (repeatable), e.g. read_only=true.
     #[arg(long = "tag", value_name = "K=V")]
     tags: Vec<String>,
-    /// Time between gossip rounds, e.g. 500ms [default: 1s].
+    /// Time between gossip rounds, e.g. 1s [default: 400ms].
     #[arg(long)]
     gossip_interval: Option<String>,
     /// text or json [default: text].
