@@ -25,6 +25,8 @@ use crate::gossip;
 use crate::hooks;
 use crate::logging::log_alert;
 use crate::metrics::{self, Metrics};
+use crate::observe::Observer;
+use crate::publish::ViewPublisher;
 use crate::server::{self, ApiView, Input, ServerState};
 use crate::sysload;
 use crate::tasks::TaskRunner;
@@ -205,6 +207,8 @@ pub async fn run(
         .map(String::as_str)
         != Some("true");
     let mut agent = Running {
+        observer: Observer::default(),
+        publisher: ViewPublisher::new(started, persisted.generation, advertise),
         metrics,
         counters,
         tasks: TaskRunner::new(config.tasks.clone(), config.node_id.clone(), writable),
@@ -217,11 +221,9 @@ pub async fn run(
         persisted,
         events: events.clone(),
         view: Arc::new(RwLock::new(Arc::new(ApiView {
-            members: Vec::new(),
+            members: Arc::new([]),
             status: placeholder_status(),
         }))),
-        started,
-        advertise,
     };
     agent.step(now()).await;
     let _server_task = AbortOnDrop(tokio::spawn(server::serve(
@@ -348,6 +350,8 @@ impl Drop for AbortOnDrop {
 }
 
 struct Running {
+    observer: Observer,
+    publisher: ViewPublisher,
     metrics: Arc<Metrics>,
     /// Transport counters; `None` for a transport supplied by a test.
     counters: Option<NetCounters>,
@@ -362,8 +366,6 @@ struct Running {
     persisted: PersistedState,
     events: broadcast::Sender<WatchEvent>,
     view: Arc<RwLock<Arc<ApiView>>>,
-    started: Instant,
-    advertise: SocketAddr,
 }
 
 impl Running {
@@ -373,12 +375,12 @@ impl Running {
         // Publish what a request just changed (drain, load) before reading gossip back, so
         // the view answered next (this node's own row: `pick`, `drain --wait`) shows it.
         self.apply_effects().await;
-        let observations = {
+        {
             let guard = self.chitchat.chitchat();
             let chitchat = guard.lock().await;
-            gossip::observe(&chitchat)
-        };
-        self.node.handle_gossip(now, &observations);
+            self.observer.refresh(&chitchat);
+        }
+        self.node.handle_gossip(now, self.observer.observations());
         self.apply_effects().await;
         self.publish_view(now);
         self.metrics.tick(started.elapsed());
@@ -448,24 +450,10 @@ impl Running {
         }
     }
 
-    fn publish_view(&self, now: Instant) {
+    fn publish_view(&mut self, now: Instant) {
         let net = self.counters.as_ref().map(NetCounters::snapshot);
-        let status = StatusReport {
-            node: self.node.status(),
-            generation: self.persisted.generation,
-            is_leader: self.node.leading().is_some(),
-            addr: self.advertise.to_string(),
-            uptime_s: now.saturating_duration_since(self.started).as_secs(),
-            net: net
-                .as_ref()
-                .and_then(|n| serde_json::to_value(n).ok())
-                .unwrap_or(serde_json::Value::Null),
-        };
-        let members: Vec<_> = self.node.members().cloned().collect();
-        let ages = self.node.heartbeat_ages(now);
-        self.metrics
-            .update(&status.node, status.is_leader, &members, &ages, net);
-        *self.view.write() = Arc::new(ApiView { members, status });
+        let view = self.publisher.publish(&self.node, &self.metrics, now, net);
+        *self.view.write() = view;
     }
 
     /// Publishes `left` and gives gossip a few rounds (bounded) to carry it to the others.

@@ -1,14 +1,9 @@
-//! The bridge to chitchat: its configuration, and its state converted into core's
-//! [`Observation`]s. chitchat is the outside world here: it reads tokio's clock and holds a
-//! tokio mutex, so this module takes the lock briefly, copies what core needs and lets go.
+//! chitchat's configuration. Its state reaches core through [`crate::observe`].
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chitchat::{Chitchat, ChitchatConfig, ChitchatId, FailureDetectorConfig};
-use chorus_core::member::Published;
-use chorus_core::view::Observation;
+use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig};
 
 /// How long chitchat keeps a dead node's state before collecting it. Minutes, not chitchat's
 /// 24 h default: every restart leaves an old generation behind and each one costs digest
@@ -50,22 +45,4 @@ pub fn chitchat_config(
         catchup_callback: None,
         extra_liveness_predicate: None,
     }
-}
-
-/// Everything chitchat knows, as core observations. Call with the chitchat lock held, and
-/// release it right after.
-pub fn observe(chitchat: &Chitchat) -> Vec<Observation> {
-    let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-    chitchat
-        .node_states()
-        .iter()
-        .map(|(id, state)| Observation {
-            node_id: id.node_id.to_string(),
-            generation: id.generation_id,
-            addr: id.gossip_advertise_addr,
-            live: live.contains(id),
-            heartbeat: u64::from(state.heartbeat()),
-            published: Published::from_pairs(state.key_values()),
-        })
-        .collect()
 }

@@ -7,7 +7,11 @@
 //! # Layout
 //! - [`config`]: flags + TOML file -> a checked [`config::AgentConfig`].
 //! - [`agent`]: [`agent::run`], the one loop that owns the core `Node`.
-//! - [`gossip`]: chitchat settings and chitchat state -> core observations.
+//! - [`gossip`]: chitchat settings.
+//! - [`observe`]: chitchat state -> core observations, kept between ticks. chitchat is the
+//!   outside world here: it reads tokio's clock and holds a tokio mutex, so the agent takes the
+//!   lock briefly, copies what core needs and lets go.
+//! - [`publish`]: core's state -> the view the socket and the metrics answer from.
 //! - [`server`] / [`client`] / [`api`]: the socket protocol, both ends.
 //! - [`datadir`]: generation, roster and drain state, written atomically.
 //! - [`sysload`]: host cpu and memory from `/proc`.
@@ -27,6 +31,8 @@ pub mod gossip;
 pub mod hooks;
 pub mod logging;
 pub mod metrics;
+pub mod observe;
+pub mod publish;
 pub mod server;
 pub mod sysload;
 pub mod tasks;

@@ -15,7 +15,7 @@
 //! | `chorus_net_garbage_received_total` | counter | undecodable input from the network |
 //! | `chorus_net_failed_handshakes_total` | counter | TLS or hello failures |
 //! | `chorus_net_rejected_peers_total` | counter | peers refused at hello |
-//! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private) |
+//! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
 //! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
 
 use std::collections::HashMap;
@@ -43,16 +43,28 @@ type Labels = Vec<(String, String)>;
 /// Longest HTTP request head read from a scraper.
 const MAX_HTTP_REQUEST: usize = 8 * 1024;
 
+const STATUSES: [Status; 5] = [
+    Status::Alive,
+    Status::Suspect,
+    Status::Dead,
+    Status::Left,
+    Status::Rejected,
+];
+const PARTITIONS: [Partition; 3] = [Partition::Majority, Partition::Minority, Partition::Forming];
+
 pub struct Metrics {
     registry: Registry,
-    members: Family<Labels, Gauge>,
+    /// One per [`STATUSES`], held rather than looked up by label on every tick.
+    members: [Gauge; 5],
     roster: Gauge,
     quorum: Gauge,
-    partition: Family<Labels, Gauge>,
+    /// One per [`PARTITIONS`].
+    partition: [Gauge; 3],
     leader_epoch: Gauge,
     is_leader: Gauge,
     alerts: Family<Labels, Counter>,
     heartbeat_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    peer_ages: Mutex<PeerAges>,
     tick: Histogram,
     net: [Counter; 8],
     last_net: Mutex<NetStats>,
@@ -71,6 +83,14 @@ const NET_NAMES: [(&str, &str); 8] = [
     ("net_failed_handshakes", "TLS or hello failures"),
     ("net_rejected_peers", "Peers refused at hello"),
 ];
+
+/// The heartbeat-age gauge of each peer, held so that a refresh looks no label up, with the
+/// refresh that last set it.
+#[derive(Default)]
+struct PeerAges {
+    refresh: u64,
+    gauges: HashMap<String, (Gauge<f64, AtomicU64>, u64)>,
+}
 
 fn net_values(s: &NetStats) -> [u64; 8] {
     [
@@ -96,6 +116,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("chorus");
         let members = Family::<Labels, Gauge>::default();
         registry.register("members", "Members by status", members.clone());
+        let members = STATUSES.map(|s| {
+            members
+                .get_or_create(&vec![("status".into(), s.as_str().into())])
+                .clone()
+        });
         let roster = Gauge::default();
         registry.register(
             "roster_size",
@@ -114,6 +139,11 @@ impl Metrics {
             "1 for the side this node is on",
             partition.clone(),
         );
+        let partition = PARTITIONS.map(|p| {
+            partition
+                .get_or_create(&vec![("side".into(), p.as_str().into())])
+                .clone()
+        });
         let leader_epoch = Gauge::default();
         registry.register(
             "leader_epoch",
@@ -150,6 +180,7 @@ impl Metrics {
             is_leader,
             alerts,
             heartbeat_age,
+            peer_ages: Mutex::new(PeerAges::default()),
             tick,
             net,
             last_net: Mutex::new(NetStats::default()),
@@ -166,49 +197,62 @@ impl Metrics {
         self.tick.observe(took.as_secs_f64());
     }
 
-    /// Refreshes every gauge from the node's state.
-    pub fn update(
-        &self,
-        status: &NodeStatus,
-        is_leader: bool,
-        members: &[Member],
-        heartbeat_ages: &HashMap<String, Duration>,
-        net: Option<NetStats>,
-    ) {
-        for s in [
-            Status::Alive,
-            Status::Suspect,
-            Status::Dead,
-            Status::Left,
-            Status::Rejected,
-        ] {
-            let n = members.iter().filter(|m| m.status == s).count();
-            self.members
-                .get_or_create(&vec![("status".into(), s.as_str().into())])
-                .set(n as i64);
-        }
+    /// The gauges that follow the node's status.
+    pub fn update_status(&self, status: &NodeStatus, is_leader: bool) {
         self.roster.set(status.roster as i64);
         self.quorum.set(status.quorum as i64);
-        for p in [Partition::Majority, Partition::Minority, Partition::Forming] {
-            self.partition
-                .get_or_create(&vec![("side".into(), p.as_str().into())])
-                .set((p == status.partition) as i64);
+        for (p, gauge) in PARTITIONS.iter().zip(&self.partition) {
+            gauge.set((*p == status.partition) as i64);
         }
         self.leader_epoch.set(status.epoch as i64);
         self.is_leader.set(is_leader as i64);
-        self.heartbeat_age.clear();
-        for (peer, age) in heartbeat_ages {
-            self.heartbeat_age
-                .get_or_create(&vec![("peer".into(), peer.clone())])
-                .set(age.as_secs_f64());
-        }
-        if let Some(now) = net {
-            let mut last = self.last_net.lock();
-            for ((c, new), old) in self.net.iter().zip(net_values(&now)).zip(net_values(&last)) {
-                c.inc_by(new.saturating_sub(old));
+    }
+
+    /// Members by status.
+    pub fn update_members<'a>(&self, members: impl IntoIterator<Item = &'a Member>) {
+        let mut counts = [0i64; 5];
+        for m in members {
+            if let Some(i) = STATUSES.iter().position(|s| *s == m.status) {
+                counts[i] += 1;
             }
-            *last = now;
         }
+        for (gauge, n) in self.members.iter().zip(counts) {
+            gauge.set(n);
+        }
+    }
+
+    /// Replaces the per-peer heartbeat ages (peers not listed are dropped).
+    pub fn update_heartbeat_ages<'a>(&self, ages: impl IntoIterator<Item = (&'a str, Duration)>) {
+        let peer_label = |peer: &str| vec![("peer".to_string(), peer.to_string())];
+        let mut held = self.peer_ages.lock();
+        held.refresh += 1;
+        let refresh = held.refresh;
+        for (peer, age) in ages {
+            if let Some((gauge, at)) = held.gauges.get_mut(peer) {
+                gauge.set(age.as_secs_f64());
+                *at = refresh;
+                continue;
+            }
+            let gauge = self.heartbeat_age.get_or_create_owned(&peer_label(peer));
+            gauge.set(age.as_secs_f64());
+            held.gauges.insert(peer.to_string(), (gauge, refresh));
+        }
+        held.gauges.retain(|peer, (_, at)| {
+            let listed = *at == refresh;
+            if !listed {
+                self.heartbeat_age.remove(&peer_label(peer));
+            }
+            listed
+        });
+    }
+
+    /// Adds the traffic since the last call to the counters.
+    pub fn update_net(&self, now: NetStats) {
+        let mut last = self.last_net.lock();
+        for ((c, new), old) in self.net.iter().zip(net_values(&now)).zip(net_values(&last)) {
+            c.inc_by(new.saturating_sub(old));
+        }
+        *last = now;
     }
 
     pub fn render(&self) -> String {

@@ -25,7 +25,8 @@ pub const MAX_CLIENTS: usize = 256;
 /// What reads are answered from; replaced as a whole after every agent tick.
 #[derive(Debug, Clone)]
 pub struct ApiView {
-    pub members: Vec<Member>,
+    /// Shared with the views before it while no row changed.
+    pub members: Arc<[Arc<Member>]>,
     pub status: StatusReport,
 }
 
@@ -211,7 +212,7 @@ async fn answer(request: Request, state: &ServerState, written: oneshot::Receive
     let input = match request {
         Request::Members => {
             return Response::Members {
-                members: view.members.clone(),
+                members: view.members.iter().map(|m| (**m).clone()).collect(),
             }
         }
         Request::Status => {
@@ -221,7 +222,8 @@ async fn answer(request: Request, state: &ServerState, written: oneshot::Receive
         }
         Request::Pick { tags, exclude_tags } => {
             let filter = PickFilter { tags, exclude_tags };
-            return match placement::pick(&view.members, &filter, &mut rand::thread_rng()) {
+            let members = view.members.iter().map(|m| &**m);
+            return match placement::pick(members, &filter, &mut rand::thread_rng()) {
                 Some(m) => Response::Picked { member: m.clone() },
                 None => Response::Error {
                     message: "no node qualifies (alive, active, compatible, matching the tags)"

@@ -41,12 +41,13 @@
 //!   (the checker);
 //! - a joining node keeps the incumbent (`joining_node_keeps_incumbent`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::alert::Alert;
 use crate::member::{Member, NodeId, NodeState};
-use crate::view::MemberView;
+use crate::roster::Roster;
+use crate::view::{MemberView, Seen};
 
 /// The tag that keeps a node from ever leading: `--tag leader=false`.
 pub const LEADER_TAG: &str = "leader";
@@ -122,7 +123,7 @@ pub struct ElectionInput<'a> {
     pub now: Instant,
     pub self_id: &'a str,
     pub view: &'a MemberView,
-    pub roster: &'a BTreeSet<NodeId>,
+    pub roster: &'a Roster,
     /// The size a majority is counted against (roster, floored by `--expect`).
     pub counted: usize,
     pub quorum: bool,
@@ -185,8 +186,8 @@ impl Election {
         self.update_heard(input);
         let seen_max = input
             .view
-            .members()
-            .filter_map(|m| input.view.seen(&m.node_id))
+            .entries()
+            .filter_map(|(_, seen)| seen)
             .map(|s| s.epoch.max(s.lead.unwrap_or(0)))
             .max()
             .unwrap_or(0);
@@ -224,9 +225,9 @@ impl Election {
                 // claims it (an equal `epoch` may be an echo of the proposal; a claim is not).
                 let claimed = input
                     .view
-                    .members()
-                    .filter(|m| !m.is_self)
-                    .filter_map(|m| input.view.seen(&m.node_id)?.lead)
+                    .entries()
+                    .filter(|(m, _)| !m.is_self)
+                    .filter_map(|(_, seen)| seen?.lead)
                     .max()
                     .unwrap_or(0);
                 let proposed = match self.proposed {
@@ -320,60 +321,59 @@ impl Election {
         }
     }
 
-    /// The roster members whose vote for this node is fresh (this node's own included) and who
-    /// publish an epoch of at least `min_epoch`.
-    fn fresh_voters_for_me<'a>(
-        &self,
-        input: &ElectionInput<'a>,
-        min_epoch: u64,
-    ) -> BTreeSet<&'a NodeId> {
-        input
-            .roster
-            .iter()
-            .filter(|id| {
-                if id.as_str() == input.self_id {
-                    return self.vote == Vote::For(input.self_id.to_string());
-                }
-                is_up(input, id)
-                    && self.heard_within(input, id, self.lease)
-                    && input.view.seen(id).is_some_and(|s| {
-                        s.vote.as_deref() == Some(input.self_id) && s.epoch >= min_epoch
-                    })
-            })
-            .collect()
-    }
-
-    /// A strict majority of the counted roster, or exactly half holding the lowest roster id
-    /// (the quorum tie-break: two disjoint halves cannot both hold it).
+    /// A strict majority of the counted roster has a fresh vote for this node (its own
+    /// included) and publishes an epoch of at least `min_epoch`; or exactly half does, holding
+    /// the lowest roster id (the quorum tie-break: two disjoint halves cannot both hold it).
     fn has_majority(&self, input: &ElectionInput<'_>, min_epoch: u64) -> bool {
-        let voters = self.fresh_voters_for_me(input, min_epoch);
-        let n = voters.len() * 2;
+        // Run by every node on every tick: the vote, which rules out most voters of a node
+        // that does not lead, is looked at first.
+        let votes_for_me =
+            |id: &str| {
+                if id == input.self_id {
+                    return matches!(&self.vote, Vote::For(c) if c == input.self_id);
+                }
+                input.view.seen(id).is_some_and(|s| {
+                    s.vote.as_deref() == Some(input.self_id) && s.epoch >= min_epoch
+                }) && is_up(input, id)
+                    && self.heard_within(input, id, self.lease)
+            };
+        let n = input.roster.ids().filter(|id| votes_for_me(id)).count() * 2;
         n > input.counted
             || (n == input.counted
                 && input.roster.len() >= input.counted
                 && input
                     .roster
-                    .iter()
+                    .ids()
                     .next()
-                    .is_some_and(|lowest| voters.contains(lowest)))
+                    .is_some_and(|lowest| votes_for_me(lowest)))
     }
 
     /// Notes, for every node gossip knows, when its vote publication last changed.
     fn update_heard(&mut self, input: &ElectionInput<'_>) {
         let now = input.now;
-        self.heard.retain(|id, _| input.view.seen(id).is_some());
-        for m in input.view.members().filter(|m| !m.is_self) {
-            let Some(s) = input.view.seen(&m.node_id) else {
-                continue;
-            };
+        let mut known = 0;
+        for (m, s) in input.view.entries().filter(|(m, _)| !m.is_self) {
+            let Some(s) = s else { continue };
+            known += 1;
             match self.heard.get_mut(&m.node_id) {
                 Some((vote, seq, _)) if *vote == s.vote && *seq == s.vote_seq => {}
-                Some(entry) => *entry = (s.vote.clone(), s.vote_seq, Some(now)),
+                Some((vote, seq, at)) => {
+                    // Mostly only the sequence moved: keep the candidate's string.
+                    if *vote != s.vote {
+                        vote.clone_from(&s.vote);
+                    }
+                    *seq = s.vote_seq;
+                    *at = Some(now);
+                }
                 None => {
                     self.heard
                         .insert(m.node_id.clone(), (s.vote.clone(), s.vote_seq, None));
                 }
             }
+        }
+        // Every node gossip knows is in `heard` now: anything more is a node it forgot.
+        if self.heard.len() != known {
+            self.heard.retain(|id, _| input.view.seen(id).is_some());
         }
     }
 
@@ -390,7 +390,7 @@ impl Election {
     /// Declared eligible, up, and heard within `vote_wait`.
     fn eligible(&self, input: &ElectionInput<'_>, m: &Member) -> bool {
         declared_eligible(input, Some(m))
-            && is_up(input, &m.node_id)
+            && (m.node_id == input.self_id || m.status.is_up())
             && self.heard_within(input, &m.node_id, self.vote_wait())
     }
 
@@ -405,11 +405,12 @@ impl Election {
     fn incumbent(&self, input: &ElectionInput<'_>) -> Option<NodeId> {
         input
             .view
-            .members()
-            .filter(|m| self.eligible(input, m))
-            .filter_map(|m| Some((input.view.seen(&m.node_id)?.lead?, m.node_id.clone())))
+            .entries()
+            .filter_map(|(m, seen)| Some((seen?.lead?, m)))
+            .filter(|(_, m)| self.eligible(input, m))
+            .map(|(lead, m)| (lead, &m.node_id))
             .max()
-            .map(|(_, id)| id)
+            .map(|(_, id)| id.clone())
     }
 
     /// The oldest eligible node: earliest start time, then lowest id.
@@ -418,19 +419,19 @@ impl Election {
             .view
             .members()
             .filter(|m| self.eligible(input, m))
-            .min_by_key(|m| (m.start_ms.unwrap_or(u64::MAX), m.node_id.clone()))
+            .min_by_key(|m| (m.start_ms.unwrap_or(u64::MAX), &m.node_id))
             .map(|m| m.node_id.clone())
     }
 
     fn observe_leader(&mut self, input: &ElectionInput<'_>, out: &mut Vec<ElectionOutput>) {
         let mut claims: Vec<(NodeId, u64)> = input
             .view
-            .members()
-            .filter(|m| !m.is_self && m.status.is_up() && input.quorum)
-            .filter(|m| self.heard_within(input, &m.node_id, self.vote_wait()))
-            .filter_map(|m| {
-                let lead = input.view.seen(&m.node_id)?.lead?;
-                Some((m.node_id.clone(), lead))
+            .entries()
+            .filter(|(m, _)| !m.is_self && m.status.is_up() && input.quorum)
+            .filter_map(|(m, seen): (&Member, Option<&Seen>)| {
+                let lead = seen?.lead?;
+                self.heard_within(input, &m.node_id, self.vote_wait())
+                    .then(|| (m.node_id.clone(), lead))
             })
             .collect();
         if let Some(epoch) = self.leading {
@@ -475,16 +476,14 @@ fn is_up(input: &ElectionInput<'_>, id: &str) -> bool {
 /// `leader=false`, compatible and not left. Says nothing about reachability.
 fn declared_eligible(input: &ElectionInput<'_>, member: Option<&Member>) -> bool {
     let Some(m) = member else { return false };
-    if !input.roster.contains(&m.node_id) {
-        return false;
-    }
     let state = if m.is_self { input.self_state } else { m.state };
     state == NodeState::Active
-        && m.tags.get(LEADER_TAG).map(String::as_str) != Some("false")
         && !matches!(
             m.status,
             crate::member::Status::Rejected | crate::member::Status::Left
         )
+        && m.tags.get(LEADER_TAG).map(String::as_str) != Some("false")
+        && input.roster.contains(&m.node_id)
 }
 
 #[cfg(test)]
@@ -496,6 +495,7 @@ mod tests {
     use crate::roster::{Roster, RosterEntry};
     use crate::view::{Observation, ViewContext};
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     const LEASE: Duration = Duration::from_secs(2);
 
@@ -560,7 +560,7 @@ mod tests {
             suspect_after: Duration::from_secs(60),
         };
         let mut view = MemberView::default();
-        view.update(now, obs, &roster_of(roster), &ctx);
+        view.update(now, obs, &roster_of(roster), &[], &ctx);
         view
     }
 
@@ -649,7 +649,7 @@ mod tests {
                     now,
                     self_id: &id(me),
                     view: &view,
-                    roster: &roster,
+                    roster: &roster_of(&roster),
                     counted: q.counted,
                     quorum: q.quorum && q.partition == quorum::Partition::Majority,
                     self_state: if all[me].active { NodeState::Active } else { NodeState::Draining },
@@ -719,7 +719,7 @@ mod tests {
                     max_claim_seen = max_claim_seen.max(f.lead.unwrap_or(0));
                     obs.push(observation(j, &f, step as u64));
                 }
-                view.update(now, &obs, &roster_of(&roster), &ctx);
+                view.update(now, &obs, &roster_of(&roster), &[], &ctx);
                 let up: BTreeSet<NodeId> = view
                     .members()
                     .filter(|m| m.status.is_up())
@@ -730,7 +730,7 @@ mod tests {
                     now,
                     self_id: &me,
                     view: &view,
-                    roster: &roster,
+                    roster: &roster_of(&roster),
                     counted: q.counted,
                     quorum: q.quorum,
                     self_state: if active { NodeState::Active } else { NodeState::Draining },

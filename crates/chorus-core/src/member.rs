@@ -130,17 +130,14 @@ impl Published {
         let mut out = Published::default();
         let (mut digest, mut proto, mut app, mut files) = (None, None, None, None);
         for (key, value) in pairs {
+            if out.apply(key, Some(value)) {
+                continue;
+            }
             match key {
                 keys::FINGERPRINT => digest = Some(value.to_string()),
                 keys::PROTOCOL => proto = value.parse::<u32>().ok(),
                 keys::APP_VERSION => app = Some(value.to_string()),
                 keys::FILES => files = Some(Fingerprint::parse_files_value(value)),
-                keys::START_MS => out.start_ms = value.parse().ok(),
-                keys::STATE => out.state = NodeState::parse(value).unwrap_or_default(),
-                keys::LOAD => out.load = Load::parse(value),
-                keys::VOTE => (out.vote, out.vote_seq) = parse_vote(value),
-                keys::LEAD => out.lead = value.parse().ok(),
-                keys::EPOCH => out.epoch = value.parse().unwrap_or(0),
                 _ => {
                     if let Some(tag) = key.strip_prefix(keys::TAG_PREFIX) {
                         out.tags.insert(tag.to_string(), value.to_string());
@@ -166,6 +163,25 @@ impl Published {
             });
         }
         out
+    }
+
+    /// Applies one key that changed (`None`: deleted) as [`Published::from_pairs`] would have
+    /// parsed it, so a reader need not parse a node again when only its vote moved. Returns
+    /// `false`, changing nothing, for a key whose meaning depends on other keys (fingerprint
+    /// parts) or that is one of many (tags, refusals): the caller must parse all pairs again.
+    pub fn apply(&mut self, key: &str, value: Option<&str>) -> bool {
+        match key {
+            keys::START_MS => self.start_ms = value.and_then(|v| v.parse().ok()),
+            keys::STATE => {
+                self.state = value.and_then(NodeState::parse).unwrap_or_default();
+            }
+            keys::LOAD => self.load = value.and_then(Load::parse),
+            keys::VOTE => (self.vote, self.vote_seq) = value.map_or((None, 0), parse_vote),
+            keys::LEAD => self.lead = value.and_then(|v| v.parse().ok()),
+            keys::EPOCH => self.epoch = value.map_or(0, |v| v.parse().unwrap_or(0)),
+            _ => return false,
+        }
+        true
     }
 
     /// The key-values that describe the fingerprint and the fixed facts of this run.
@@ -314,6 +330,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Any key chorus reads, or junk.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                keys::FINGERPRINT,
+                keys::PROTOCOL,
+                keys::APP_VERSION,
+                keys::FILES,
+                keys::START_MS,
+                keys::STATE,
+                keys::LOAD,
+                keys::VOTE,
+                keys::LEAD,
+                keys::EPOCH,
+                "tag:zone",
+                "refused:n9",
+            ])
+            .prop_map(str::to_string),
+            ".{0,6}",
+        ]
+    }
+
     #[test]
     fn load_round_trips_and_rejects_junk() {
         let l = Load {
@@ -358,7 +396,60 @@ mod tests {
         assert_eq!(p.tags.get("read_only").map(String::as_str), Some("true"));
     }
 
+    /// Applying each pair of `changes` to the parse of `base` gives the parse of the merged
+    /// pairs, or is refused.
+    fn apply_matches_a_full_parse(base: &[(String, String)], changes: &[(String, Option<String>)]) {
+        let parse = |pairs: &BTreeMap<String, String>| {
+            Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        };
+        let mut pairs: BTreeMap<String, String> = base.iter().cloned().collect();
+        let mut applied = parse(&pairs);
+        for (key, value) in changes {
+            match value {
+                Some(v) => pairs.insert(key.clone(), v.clone()),
+                None => pairs.remove(key),
+            };
+            if !applied.apply(key, value.as_deref()) {
+                applied = parse(&pairs);
+            }
+            assert_eq!(applied, parse(&pairs), "after {key}={value:?}");
+        }
+    }
+
+    #[test]
+    fn applying_a_changed_key_equals_parsing_again() {
+        let fp = Fingerprint::compute(1, "3.2", &[]);
+        let mut base = Published::identity_pairs(&fp, 42);
+        base.push((keys::VOTE.into(), vote_value(Some("n1"), 3)));
+        base.push((keys::LOAD.into(), "0.50,0.25,2".into()));
+        let some = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
+        apply_matches_a_full_parse(
+            &base,
+            &[
+                some(keys::VOTE, "n2#4"),
+                some(keys::VOTE, "#5"),
+                some(keys::LOAD, "junk"),
+                some(keys::LEAD, "7"),
+                (keys::LEAD.to_string(), None),
+                some(keys::EPOCH, "x"),
+                some(keys::STATE, "draining"),
+                (keys::STATE.to_string(), None),
+                some(keys::APP_VERSION, "3.3"),
+                some("tag:zone", "a"),
+                (keys::START_MS.to_string(), None),
+            ],
+        );
+    }
+
     proptest! {
+        #[test]
+        fn applying_arbitrary_changes_equals_parsing_again(
+            base in proptest::collection::vec((key(), ".{0,12}"), 0..12),
+            changes in proptest::collection::vec((key(), proptest::option::of(".{0,12}")), 0..12),
+        ) {
+            apply_matches_a_full_parse(&base, &changes);
+        }
+
         #[test]
         fn arbitrary_pairs_never_panic(pairs in proptest::collection::vec((".{0,8}", ".{0,16}"), 0..16)) {
             let _ = Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));

@@ -9,8 +9,10 @@
 //!
 //! The node never reads a clock, a file or a socket; a test drives it with a fake `Instant`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,7 @@ use crate::member::{keys, Member, NodeId, NodeState, Published, Status};
 use crate::quorum::{self, Partition};
 use crate::roster::{Roster, RosterEntry};
 use crate::split::{SplitDetector, SplitOutput};
-use crate::view::{MemberView, Observation, ViewContext};
+use crate::view::{MemberView, Observation, Refused, ViewContext};
 
 /// How long a peer refused at its hello stays listed after its last attempt.
 pub const REFUSED_SHOWN_FOR: Duration = Duration::from_secs(10 * 60);
@@ -126,6 +128,8 @@ pub struct Node {
     down_since: HashMap<NodeId, Instant>,
     split: SplitDetector,
     election: Election,
+    /// Kept current with the roster and the view: it is read on every tick and every status.
+    quorum: quorum::QuorumAssessment,
     effects: VecDeque<Effect>,
 }
 
@@ -151,6 +155,8 @@ impl Node {
             key: keys::EPOCH.into(),
             value: epoch.to_string(),
         });
+        let view = MemberView::default();
+        let quorum = assess_quorum(&view, &roster, &config);
         Node {
             load: LoadTracker::new(config.load.clone()),
             split: SplitDetector::new(config.split_window),
@@ -159,9 +165,10 @@ impl Node {
             refused: HashMap::new(),
             config,
             roster,
-            view: MemberView::default(),
+            view,
             state,
             rejections: HashMap::new(),
+            quorum,
             effects,
         }
     }
@@ -173,18 +180,6 @@ impl Node {
     /// A full gossip snapshot: every incarnation chitchat knows, this node's included. Also
     /// the clock tick: held failures, leases and reaping are judged here.
     pub fn handle_gossip(&mut self, now: Instant, observations: &[Observation]) {
-        let before: HashMap<NodeId, (Status, u64)> = self
-            .view
-            .members()
-            .map(|m| (m.node_id.clone(), (m.status, m.generation)))
-            .collect();
-        let ctx = ViewContext {
-            self_id: &self.config.node_id,
-            fingerprint: &self.config.fingerprint,
-            policy: self.config.policy,
-            suspect_after: self.config.suspect_after,
-        };
-        self.view.update(now, observations, &self.roster, &ctx);
         let expired: Vec<NodeId> = self
             .refused
             .iter()
@@ -198,32 +193,22 @@ impl Node {
                 value: String::new(),
             });
         }
-        for (id, (addr, reason, _)) in &self.refused {
-            self.view.add_refused(id, *addr, reason);
-        }
-        // Peers refused by the others: they never gossip, so only the refusing nodes know them.
-        for obs in observations
-            .iter()
-            .filter(|o| o.live && o.node_id != self.config.node_id)
-        {
-            for (id, (addr, reason)) in &obs.published.refused {
-                if *id != self.config.node_id {
-                    self.view.add_refused(
-                        id,
-                        *addr,
-                        &format!("{reason} (seen by {})", obs.node_id),
-                    );
-                }
-            }
-        }
+        let ctx = ViewContext {
+            self_id: &self.config.node_id,
+            fingerprint: &self.config.fingerprint,
+            policy: self.config.policy,
+            suspect_after: self.config.suspect_after,
+        };
+        let refused = refused_peers(&self.refused, observations, &self.config.node_id);
+        self.view
+            .update(now, observations, &self.roster, &refused, &ctx);
 
         let mut roster_changed = false;
         let mut alerts = Vec::new();
-        for m in self.view.members() {
+        for (m, prev) in self.view.with_previous() {
             if m.is_self {
                 continue;
             }
-            let prev = before.get(&m.node_id).copied();
             match transition_alert(prev, m) {
                 Some(Alert::NodeFailed { node, addr }) => self.split.on_failure(now, &node, addr),
                 Some(alert) => alerts.push(alert),
@@ -232,19 +217,22 @@ impl Node {
             match m.status {
                 Status::Alive | Status::Suspect => {
                     roster_changed |= self.roster.upsert(&m.node_id, m.addr);
-                    self.rejections.remove(&m.node_id);
+                    if !self.rejections.is_empty() {
+                        self.rejections.remove(&m.node_id);
+                    }
                 }
                 Status::Left => roster_changed |= self.roster.remove(&m.node_id),
                 Status::Rejected => {
                     // Another version is not a member: it must not count against quorum.
                     roster_changed |= self.roster.remove(&m.node_id);
-                    let reason = m.reason.clone().unwrap_or_default();
-                    if self.rejections.get(&m.node_id) != Some(&reason) {
-                        self.rejections.insert(m.node_id.clone(), reason.clone());
+                    let reason = m.reason.as_deref().unwrap_or_default();
+                    if self.rejections.get(&m.node_id).map(String::as_str) != Some(reason) {
+                        self.rejections
+                            .insert(m.node_id.clone(), reason.to_string());
                         alerts.push(Alert::VersionRejected {
                             node: m.node_id.clone(),
                             addr: Some(m.addr),
-                            reason,
+                            reason: reason.to_string(),
                         });
                     }
                 }
@@ -253,45 +241,46 @@ impl Node {
         }
         self.effects.extend(alerts.into_iter().map(Effect::Alert));
 
-        let quorum = self.quorum();
-        roster_changed |= self.reap(
+        self.quorum = self.assess_quorum();
+        let reaped = self.reap(
             now,
-            quorum.quorum && quorum.partition == Partition::Majority,
+            self.quorum.quorum && self.quorum.partition == Partition::Majority,
         );
-        if roster_changed {
+        if reaped {
+            self.quorum = self.assess_quorum();
+        }
+        if roster_changed || reaped {
             self.effects
                 .push_back(Effect::PersistRoster(self.roster.entries()));
         }
 
-        let quorum = self.quorum();
-        let roster_ids: BTreeSet<NodeId> = self.roster.ids().cloned().collect();
-        let up = self.up_ids();
-        for output in self.split.poll(now, &roster_ids, &up, &quorum) {
-            self.effects.push_back(match output {
-                SplitOutput::Alert(a) => Effect::Alert(a),
-                SplitOutput::Panic {
-                    reachable,
-                    unreachable,
-                } => Effect::SplitBrain {
-                    reachable,
-                    unreachable,
-                },
-            });
+        let quorum = self.quorum;
+        // The detector mostly has nothing to watch: then the sides need not be built.
+        if !self.split.idle(&quorum) {
+            let roster_ids: BTreeSet<NodeId> = self.roster.ids().cloned().collect();
+            let up = self.up_ids();
+            for output in self.split.poll(now, &roster_ids, &up, &quorum) {
+                self.effects.push_back(match output {
+                    SplitOutput::Alert(a) => Effect::Alert(a),
+                    SplitOutput::Panic {
+                        reachable,
+                        unreachable,
+                    } => Effect::SplitBrain {
+                        reachable,
+                        unreachable,
+                    },
+                });
+            }
         }
-        self.run_election(now, &roster_ids, &quorum);
+        self.run_election(now, &quorum);
     }
 
-    fn run_election(
-        &mut self,
-        now: Instant,
-        roster: &BTreeSet<NodeId>,
-        q: &quorum::QuorumAssessment,
-    ) {
+    fn run_election(&mut self, now: Instant, q: &quorum::QuorumAssessment) {
         let input = ElectionInput {
             now,
             self_id: &self.config.node_id,
             view: &self.view,
-            roster,
+            roster: &self.roster,
             counted: q.counted,
             quorum: q.quorum && q.partition == Partition::Majority,
             self_state: self.state,
@@ -325,19 +314,18 @@ impl Node {
             };
             self.effects.push_back(effect);
         }
-        let leader = self.election.observed_leader().map(|(n, _)| n.to_string());
-        self.view.set_leader(leader.as_deref());
+        let leader = self.election.observed_leader().map(|(n, _)| n);
+        self.view.set_leader(leader);
     }
 
     /// Removes members down for longer than `reap_after`; only a node on the majority side
     /// may (a minority never talks itself into a quorum).
     fn reap(&mut self, now: Instant, allowed: bool) -> bool {
         let down: Vec<NodeId> = self
-            .roster
-            .ids()
-            .filter(|id| **id != self.config.node_id)
-            .filter(|id| !self.view.get(id).is_some_and(|m| m.status.is_up()))
-            .cloned()
+            .view
+            .up_among(self.roster.ids())
+            .filter(|(id, up)| !up && **id != self.config.node_id)
+            .map(|(id, _)| id.clone())
             .collect();
         self.down_since.retain(|id, _| down.contains(id));
         let mut changed = false;
@@ -394,6 +382,7 @@ impl Node {
         }
         self.roster.remove(node);
         self.down_since.remove(node);
+        self.quorum = self.assess_quorum();
         self.effects.push_back(Effect::Alert(Alert::NodeReaped {
             node: node.to_string(),
             forgotten: true,
@@ -474,12 +463,22 @@ impl Node {
         self.view.members()
     }
 
+    /// The rows of [`Node::members`] as shared, for a reader that keeps them.
+    pub fn shared_members(&self) -> impl Iterator<Item = &Arc<Member>> {
+        self.view.shared_members()
+    }
+
+    /// Moves whenever a row of [`Node::members`] changed: equal revisions, equal rows.
+    pub fn members_revision(&self) -> u64 {
+        self.view.revision()
+    }
+
     pub fn roster(&self) -> &Roster {
         &self.roster
     }
 
     pub fn status(&self) -> NodeStatus {
-        let q = self.quorum();
+        let q = self.quorum;
         NodeStatus {
             node_id: self.config.node_id.clone(),
             cluster: self.config.cluster.clone(),
@@ -499,23 +498,22 @@ impl Node {
     }
 
     pub fn quorum(&self) -> quorum::QuorumAssessment {
-        let roster: BTreeSet<NodeId> = self.roster.ids().cloned().collect();
-        quorum::assess(&roster, &self.up_ids(), self.config.expect)
+        self.quorum
+    }
+
+    fn assess_quorum(&self) -> quorum::QuorumAssessment {
+        assess_quorum(&self.view, &self.roster, &self.config)
     }
 
     /// How long since each peer's heartbeat last moved (the failure detector's input).
-    pub fn heartbeat_ages(&self, now: Instant) -> HashMap<NodeId, Duration> {
+    pub fn heartbeat_ages(&self, now: Instant) -> impl Iterator<Item = (&str, Duration)> {
         self.view
-            .members()
-            .filter(|m| !m.is_self)
-            .filter_map(|m| {
-                let seen = self.view.seen(&m.node_id)?;
-                Some((
-                    m.node_id.clone(),
-                    now.saturating_duration_since(seen.last_advance),
-                ))
+            .entries()
+            .filter(|(m, _)| !m.is_self)
+            .filter_map(move |(m, seen)| {
+                let age = now.saturating_duration_since(seen?.last_advance);
+                Some((m.node_id.as_str(), age))
             })
-            .collect()
     }
 
     /// The epoch this node leads with, if it leads.
@@ -548,6 +546,55 @@ impl Node {
             });
         }
     }
+}
+
+/// [`quorum::assess`] over the roster and the members up in the view (this node always),
+/// counted in place.
+fn assess_quorum(
+    view: &MemberView,
+    roster: &Roster,
+    config: &NodeConfig,
+) -> quorum::QuorumAssessment {
+    let (mut up, mut lowest_up) = (0, None);
+    for (id, in_view) in view.up_among(roster.ids()) {
+        let is_up = in_view || *id == config.node_id;
+        up += usize::from(is_up);
+        lowest_up.get_or_insert(is_up);
+    }
+    quorum::decide(roster.len(), up, lowest_up.unwrap_or(false), config.expect)
+}
+
+/// The peers to show as refused, in the order their refusals count: this node's own first,
+/// then what the live peers say (never about this node).
+fn refused_peers<'a>(
+    own: &'a HashMap<NodeId, (SocketAddr, String, Instant)>,
+    observations: &'a [Observation],
+    self_id: &str,
+) -> Vec<Refused<'a>> {
+    let mut refused: Vec<Refused<'a>> = own
+        .iter()
+        .map(|(id, (addr, reason, _))| Refused {
+            node_id: id,
+            addr: *addr,
+            reason: Cow::Borrowed(reason),
+        })
+        .collect();
+    // Peers refused by the others: they never gossip, so only the refusing nodes know them.
+    for obs in observations
+        .iter()
+        .filter(|o| o.live && o.node_id != self_id)
+    {
+        for (id, (addr, reason)) in &obs.published.refused {
+            if id != self_id {
+                refused.push(Refused {
+                    node_id: id,
+                    addr: *addr,
+                    reason: Cow::Owned(format!("{reason} (seen by {})", obs.node_id)),
+                });
+            }
+        }
+    }
+    refused
 }
 
 /// The alert for a node whose row went from `prev` (status, generation) to `m`, if any.

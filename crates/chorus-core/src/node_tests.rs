@@ -203,8 +203,12 @@ fn forget_refuses_live_nodes_and_removes_dead_ones() {
         ],
     );
     drain(&mut n);
+    assert_eq!((n.quorum().up, n.quorum().counted), (1, 2));
     assert_eq!(n.handle_forget("b"), Ok(()));
     assert!(!n.roster().contains("b"));
+    // Quorum follows the roster at once, not at the next gossip.
+    assert_eq!((n.quorum().up, n.quorum().counted), (1, 1));
+    assert_eq!(n.status().roster, 1);
     assert!(drain(&mut n)
         .iter()
         .any(|e| matches!(e, Effect::PersistRoster(r) if r.len() == 1)));

@@ -35,7 +35,7 @@ impl Partition {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuorumAssessment {
     pub quorum: bool,
     pub partition: Partition,
@@ -47,19 +47,35 @@ pub struct QuorumAssessment {
 
 /// Decides quorum for the set `up` of nodes this node sees up (itself included).
 pub fn assess(roster: &BTreeSet<NodeId>, up: &BTreeSet<NodeId>, expect: usize) -> QuorumAssessment {
-    let counted = roster.len().max(expect).max(1);
-    let up_count = roster.intersection(up).count();
+    let lowest_up = roster
+        .iter()
+        .next()
+        .is_some_and(|lowest| up.contains(lowest));
+    decide(
+        roster.len(),
+        roster.intersection(up).count(),
+        lowest_up,
+        expect,
+    )
+}
+
+/// [`assess`] from counts: `up_count` roster members are up, and `lowest_up` says whether the
+/// lowest id of the roster is one of them.
+pub fn decide(
+    roster_len: usize,
+    up_count: usize,
+    lowest_up: bool,
+    expect: usize,
+) -> QuorumAssessment {
+    let counted = roster_len.max(expect).max(1);
     let quorum = if up_count * 2 > counted {
         true
-    } else if up_count * 2 == counted && roster.len() >= counted {
-        roster
-            .iter()
-            .next()
-            .is_some_and(|lowest| up.contains(lowest))
+    } else if up_count * 2 == counted && roster_len >= counted {
+        lowest_up
     } else {
         false
     };
-    let partition = if roster.len() < expect {
+    let partition = if roster_len < expect {
         Partition::Forming
     } else if quorum {
         Partition::Majority

@@ -43,7 +43,18 @@ impl Roster {
 
     /// Adds or moves a member; returns whether the roster changed.
     pub fn upsert(&mut self, node_id: &str, addr: SocketAddr) -> bool {
-        self.members.insert(node_id.to_string(), addr) != Some(addr)
+        // Every live member is upserted on every tick: only a new member costs a key.
+        match self.members.get_mut(node_id) {
+            Some(known) if *known == addr => false,
+            Some(known) => {
+                *known = addr;
+                true
+            }
+            None => {
+                self.members.insert(node_id.to_string(), addr);
+                true
+            }
+        }
     }
 
     /// Returns whether the node was there.
@@ -67,7 +78,13 @@ impl Roster {
         self.members.is_empty()
     }
 
+    /// In id order.
     pub fn ids(&self) -> impl Iterator<Item = &NodeId> {
         self.members.keys()
+    }
+
+    /// Members and their addresses, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, SocketAddr)> {
+        self.members.iter().map(|(id, addr)| (id, *addr))
     }
 }

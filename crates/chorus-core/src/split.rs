@@ -73,6 +73,12 @@ impl SplitDetector {
         self.ever_had_quorum && !self.had_quorum
     }
 
+    /// Whether [`SplitDetector::poll`] with this quorum would do nothing: no failure held, no
+    /// episode open, quorum as it was. The caller may then skip building the sides.
+    pub fn idle(&self, quorum: &QuorumAssessment) -> bool {
+        self.pending.is_empty() && self.episode.is_none() && self.had_quorum == quorum.quorum
+    }
+
     /// Called after every view update with the members up now (this node included).
     pub fn poll(
         &mut self,
@@ -251,6 +257,28 @@ mod tests {
         assert!(d
             .poll(t0, &roster, &up, &assess(&roster, &up, 0))
             .is_empty());
+    }
+
+    #[test]
+    fn an_idle_detector_has_nothing_to_say() {
+        let t0 = Instant::now();
+        let roster = set(&["a", "b", "c"]);
+        let up = set(&["a"]);
+        let mut d = SplitDetector::new(W);
+        let all = assess(&roster, &roster, 0);
+        assert!(!d.idle(&all), "quorum is new");
+        d.poll(t0, &roster, &roster, &all);
+        assert!(d.idle(&all));
+        assert!(d.poll(t0 + W, &roster, &up, &all).is_empty());
+        d.on_failure(t0 + W, "c", addr());
+        assert!(!d.idle(&all), "a failure is held");
+        let out = d.poll(t0 + W * 2, &roster, &set(&["a", "b"]), &all);
+        assert_eq!(kinds(&out), vec!["node_failed"]);
+        assert!(d.idle(&all));
+        let lost = assess(&roster, &up, 0);
+        assert!(!d.idle(&lost));
+        d.poll(t0 + W * 3, &roster, &up, &lost);
+        assert!(!d.idle(&lost), "an episode is open");
     }
 
     #[test]

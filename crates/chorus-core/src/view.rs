@@ -11,10 +11,18 @@
 //! 5. else `alive`.
 //!
 //! A roster member that gossip does not know at all (collected, or not heard from since this
-//! node restarted) is `dead` at its last known address.
+//! node restarted) is `dead` at its last known address; a peer refused at its hello that
+//! neither knows is `rejected`.
+//!
+//! Every agent tick hands the view a full snapshot, but from one tick to the next almost no
+//! row changes. Rows are therefore updated in place and shared (`Arc`) with whoever published
+//! them: a row is only rebuilt when what it shows changed, and [`MemberView::revision`] moves
+//! whenever any row did, so the agent republishes nothing on a quiet tick.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fingerprint::{CompatPolicy, Fingerprint};
@@ -62,153 +70,320 @@ struct HeartbeatSeen {
     changed_at: Instant,
 }
 
+/// A peer the transport refused at its hello (by this node, or by another that says so).
+#[derive(Clone, Debug)]
+pub struct Refused<'a> {
+    pub node_id: &'a str,
+    pub addr: SocketAddr,
+    pub reason: Cow<'a, str>,
+}
+
+#[derive(Debug)]
+struct Row {
+    member: Arc<Member>,
+    /// Only for nodes gossip knows.
+    seen: Option<Seen>,
+    /// Kept while the node is in gossip or the roster, so a node that drops out of gossip and
+    /// comes back with the same heartbeat is not taken for freshly heard.
+    heartbeat: Option<HeartbeatSeen>,
+    /// Status and generation before the last update; `None` for a row it created.
+    previous: Option<(Status, u64)>,
+    /// The last update that produced this row: rows it did not produce are dropped.
+    update: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct MemberView {
-    heartbeats: HashMap<NodeId, HeartbeatSeen>,
-    members: BTreeMap<NodeId, Member>,
-    seen: BTreeMap<NodeId, Seen>,
+    rows: BTreeMap<NodeId, Row>,
+    updates: u64,
+    revision: u64,
 }
 
 impl MemberView {
-    /// Recomputes every row from a full gossip snapshot.
+    /// Brings every row up to date with a full gossip snapshot, the roster and the refused
+    /// peers (the first refusal of a node wins).
     pub fn update(
         &mut self,
         now: Instant,
         observations: &[Observation],
         roster: &Roster,
+        refused: &[Refused<'_>],
         ctx: &ViewContext<'_>,
     ) {
-        let mut newest: BTreeMap<&str, &Observation> = BTreeMap::new();
-        for obs in observations {
-            if obs.published.fingerprint.is_none() {
+        // The newest complete incarnation of each node (the first one seen, on a tie), in id
+        // order. chitchat hands them sorted, so the sort only checks.
+        let mut newest: Vec<&Observation> = observations
+            .iter()
+            .filter(|o| o.published.fingerprint.is_some())
+            .collect();
+        newest.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        newest.dedup_by(|later, kept| {
+            if later.node_id != kept.node_id {
+                return false;
+            }
+            if later.generation > kept.generation {
+                *kept = *later;
+            }
+            true
+        });
+
+        self.updates += 1;
+        let mut changed = false;
+        for obs in &newest {
+            let id = obs.node_id.as_str();
+            changed |= self.produce(id, obs.addr, |row| {
+                let is_self = id == ctx.self_id;
+                let (status, reason) = judge(now, obs, is_self, ctx, &mut row.heartbeat);
+                let last_advance = if is_self {
+                    now
+                } else {
+                    row.heartbeat.map_or(now, |h| h.changed_at)
+                };
+                refresh_seen(&mut row.seen, last_advance, &obs.published);
+                refresh_member(&mut row.member, obs, status, reason, is_self)
+            });
+        }
+        let mut in_gossip = newest.iter().map(|o| o.node_id.as_str()).peekable();
+        for (id, addr) in roster.iter() {
+            // Both in id order: walk them together.
+            while in_gossip.next_if(|g| *g < id.as_str()).is_some() {}
+            if in_gossip.next_if_eq(&id.as_str()).is_some() {
                 continue;
             }
-            let slot = newest.entry(obs.node_id.as_str()).or_insert(obs);
-            if obs.generation > slot.generation {
-                *slot = obs;
-            }
+            changed |= self.produce(id, addr, |row| {
+                row.seen = None;
+                show_unseen(&mut row.member, addr, Status::Dead, None)
+            });
         }
-
-        let mut members = BTreeMap::new();
-        let mut seen = BTreeMap::new();
-        for (id, obs) in newest {
-            let is_self = id == ctx.self_id;
-            let (status, reason) = self.judge(now, obs, is_self, ctx);
-            let last_advance = if is_self {
-                now
-            } else {
-                self.heartbeats.get(id).map_or(now, |h| h.changed_at)
-            };
-            seen.insert(
-                id.to_string(),
-                Seen {
-                    last_advance,
-                    vote: obs.published.vote.clone(),
-                    vote_seq: obs.published.vote_seq,
-                    lead: obs.published.lead,
-                    epoch: obs.published.epoch,
-                },
-            );
-            let previous_leader = self.members.get(id).is_some_and(|m| m.leader);
-            members.insert(
-                id.to_string(),
-                Member {
-                    node_id: id.to_string(),
-                    addr: obs.addr,
-                    generation: obs.generation,
-                    status,
-                    state: obs.published.state,
-                    app_version: obs
-                        .published
-                        .fingerprint
-                        .as_ref()
-                        .map(|f| f.app_version.clone()),
-                    fingerprint: obs.published.fingerprint.as_ref().map(|f| f.digest.clone()),
-                    load: obs.published.load.unwrap_or_default(),
-                    tags: obs.published.tags.clone(),
-                    start_ms: obs.published.start_ms,
-                    reason,
-                    leader: previous_leader,
-                    is_self,
-                },
-            );
+        for r in refused {
+            changed |= self.produce(r.node_id, r.addr, |row| {
+                row.seen = None;
+                row.heartbeat = None;
+                show_unseen(&mut row.member, r.addr, Status::Rejected, Some(&r.reason))
+            });
         }
-        for entry in roster.entries() {
-            members
-                .entry(entry.node_id.clone())
-                .or_insert_with(|| Member::unseen(&entry.node_id, entry.addr, Status::Dead, None));
+        let before = self.rows.len();
+        let update = self.updates;
+        self.rows.retain(|_, row| row.update == update);
+        changed |= self.rows.len() != before;
+        if changed {
+            self.revision += 1;
         }
-        self.heartbeats.retain(|id, _| members.contains_key(id));
-        self.members = members;
-        self.seen = seen;
     }
 
-    fn judge(
+    /// Lets `refresh` bring the row of `id` up to date for this update, remembering its status
+    /// before (a new row starts as [`Member::unseen`]); nothing if this update already produced
+    /// it. Returns whether the row changed.
+    fn produce(
         &mut self,
-        now: Instant,
-        obs: &Observation,
-        is_self: bool,
-        ctx: &ViewContext<'_>,
-    ) -> (Status, Option<String>) {
-        if obs.published.state == NodeState::Left {
-            return (Status::Left, None);
-        }
-        if is_self {
-            return (Status::Alive, None);
-        }
-        if let Some(fp) = &obs.published.fingerprint {
-            if let Err(mismatch) = ctx.policy.check(ctx.fingerprint, fp) {
-                return (Status::Rejected, Some(mismatch.to_string()));
+        id: &str,
+        addr: SocketAddr,
+        refresh: impl FnOnce(&mut Row) -> bool,
+    ) -> bool {
+        let update = self.updates;
+        if let Some(row) = self.rows.get_mut(id) {
+            if row.update == update {
+                return false;
             }
+            row.previous = Some((row.member.status, row.member.generation));
+            row.update = update;
+            return refresh(row);
         }
-        let seen = self
-            .heartbeats
-            .entry(obs.node_id.clone())
-            .or_insert(HeartbeatSeen {
-                generation: obs.generation,
-                heartbeat: obs.heartbeat,
-                changed_at: now,
-            });
-        if seen.generation != obs.generation || seen.heartbeat != obs.heartbeat {
-            *seen = HeartbeatSeen {
-                generation: obs.generation,
-                heartbeat: obs.heartbeat,
-                changed_at: now,
-            };
-        }
-        if !obs.live {
-            (Status::Dead, None)
-        } else if now.saturating_duration_since(seen.changed_at) >= ctx.suspect_after {
-            (Status::Suspect, None)
-        } else {
-            (Status::Alive, None)
-        }
+        let mut row = Row {
+            member: Arc::new(Member::unseen(id, addr, Status::Dead, None)),
+            seen: None,
+            heartbeat: None,
+            previous: None,
+            update,
+        };
+        refresh(&mut row);
+        self.rows.insert(id.to_string(), row);
+        true
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
+        self.rows.values().map(|r| &*r.member)
+    }
+
+    /// The rows as shared, for a reader that keeps them (cloning is a reference count).
+    pub fn shared_members(&self) -> impl Iterator<Item = &Arc<Member>> {
+        self.rows.values().map(|r| &r.member)
+    }
+
+    /// Every row with its election facts.
+    pub fn entries(&self) -> impl Iterator<Item = (&Member, Option<&Seen>)> {
+        self.rows.values().map(|r| (&*r.member, r.seen.as_ref()))
+    }
+
+    /// Every row with its status and generation before the last update (`None`: new).
+    pub fn with_previous(&self) -> impl Iterator<Item = (&Member, Option<(Status, u64)>)> {
+        self.rows.values().map(|r| (&*r.member, r.previous))
+    }
+
+    /// Whether each of `ids`, which must be in id order, has a row that is up: one walk
+    /// alongside the rows rather than a lookup per id.
+    pub fn up_among<'a>(
+        &'a self,
+        ids: impl Iterator<Item = &'a NodeId> + 'a,
+    ) -> impl Iterator<Item = (&'a NodeId, bool)> + 'a {
+        let mut rows = self.rows.iter().peekable();
+        ids.map(move |id| {
+            while rows.next_if(|(r, _)| *r < id).is_some() {}
+            let up = rows
+                .peek()
+                .is_some_and(|(r, row)| *r == id && row.member.status.is_up());
+            (id, up)
+        })
     }
 
     pub fn get(&self, node_id: &str) -> Option<&Member> {
-        self.members.get(node_id)
+        self.rows.get(node_id).map(|r| &*r.member)
     }
 
     /// Election facts of a node gossip knows (absent for roster-only rows).
     pub fn seen(&self, node_id: &str) -> Option<&Seen> {
-        self.seen.get(node_id)
+        self.rows.get(node_id)?.seen.as_ref()
     }
 
-    /// Shows a peer the transport refused at its hello as `rejected`, unless gossip knows it
-    /// (a node is never both a member and refused: gossip only carries accepted peers).
-    pub(crate) fn add_refused(&mut self, node_id: &str, addr: SocketAddr, reason: &str) {
-        self.members
-            .entry(node_id.to_string())
-            .or_insert_with(|| Member::unseen(node_id, addr, Status::Rejected, Some(reason)));
+    /// Moves whenever a row changed (or appeared, or went); equal revisions show equal rows.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub(crate) fn set_leader(&mut self, leader: Option<&str>) {
-        for m in self.members.values_mut() {
-            m.leader = Some(m.node_id.as_str()) == leader;
+        let mut changed = false;
+        for (id, row) in self.rows.iter_mut() {
+            let is_leader = Some(id.as_str()) == leader;
+            if row.member.leader != is_leader {
+                Arc::make_mut(&mut row.member).leader = is_leader;
+                changed = true;
+            }
+        }
+        if changed {
+            self.revision += 1;
         }
     }
 }
+
+fn judge(
+    now: Instant,
+    obs: &Observation,
+    is_self: bool,
+    ctx: &ViewContext<'_>,
+    heartbeat: &mut Option<HeartbeatSeen>,
+) -> (Status, Option<String>) {
+    if obs.published.state == NodeState::Left {
+        return (Status::Left, None);
+    }
+    if is_self {
+        return (Status::Alive, None);
+    }
+    if let Some(fp) = &obs.published.fingerprint {
+        if let Err(mismatch) = ctx.policy.check(ctx.fingerprint, fp) {
+            return (Status::Rejected, Some(mismatch.to_string()));
+        }
+    }
+    let current = HeartbeatSeen {
+        generation: obs.generation,
+        heartbeat: obs.heartbeat,
+        changed_at: now,
+    };
+    let seen = heartbeat.get_or_insert(current);
+    if seen.generation != obs.generation || seen.heartbeat != obs.heartbeat {
+        *seen = current;
+    }
+    if !obs.live {
+        (Status::Dead, None)
+    } else if now.saturating_duration_since(seen.changed_at) >= ctx.suspect_after {
+        (Status::Suspect, None)
+    } else {
+        (Status::Alive, None)
+    }
+}
+
+fn refresh_seen(slot: &mut Option<Seen>, last_advance: Instant, p: &Published) {
+    match slot {
+        Some(s) => {
+            s.last_advance = last_advance;
+            if s.vote != p.vote {
+                s.vote.clone_from(&p.vote);
+            }
+            s.vote_seq = p.vote_seq;
+            s.lead = p.lead;
+            s.epoch = p.epoch;
+        }
+        None => {
+            *slot = Some(Seen {
+                last_advance,
+                vote: p.vote.clone(),
+                vote_seq: p.vote_seq,
+                lead: p.lead,
+                epoch: p.epoch,
+            })
+        }
+    }
+}
+
+/// Makes `member` the row of a node gossip knows; returns whether it changed. The leader flag
+/// is kept: the election sets it.
+fn refresh_member(
+    member: &mut Arc<Member>,
+    obs: &Observation,
+    status: Status,
+    reason: Option<String>,
+    is_self: bool,
+) -> bool {
+    let p = &obs.published;
+    let fp = p.fingerprint.as_ref();
+    let m = &**member;
+    let same = m.addr == obs.addr
+        && m.generation == obs.generation
+        && m.status == status
+        && m.state == p.state
+        && m.app_version.as_deref() == fp.map(|f| f.app_version.as_str())
+        && m.fingerprint.as_deref() == fp.map(|f| f.digest.as_str())
+        && m.load == p.load.unwrap_or_default()
+        && m.tags == p.tags
+        && m.start_ms == p.start_ms
+        && m.reason == reason
+        && m.is_self == is_self;
+    if same {
+        return false;
+    }
+    *member = Arc::new(Member {
+        node_id: m.node_id.clone(),
+        addr: obs.addr,
+        generation: obs.generation,
+        status,
+        state: p.state,
+        app_version: fp.map(|f| f.app_version.clone()),
+        fingerprint: fp.map(|f| f.digest.clone()),
+        load: p.load.unwrap_or_default(),
+        tags: p.tags.clone(),
+        start_ms: p.start_ms,
+        reason,
+        leader: m.leader,
+        is_self,
+    });
+    true
+}
+
+/// Makes `member` the row of a node known only by name and address ([`Member::unseen`]);
+/// returns whether it changed.
+fn show_unseen(
+    member: &mut Arc<Member>,
+    addr: SocketAddr,
+    status: Status,
+    reason: Option<&str>,
+) -> bool {
+    let wanted = Member::unseen(&member.node_id, addr, status, reason);
+    if **member == wanted {
+        return false;
+    }
+    *member = Arc::new(wanted);
+    true
+}
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;

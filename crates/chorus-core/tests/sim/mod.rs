@@ -37,7 +37,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -1129,7 +1129,7 @@ impl Sim {
             };
             let me = run.store.get(&run.key).and_then(|k| k.kv.clone());
             let p = me.as_ref().map(|k| &k.published);
-            let ages = run.node.heartbeat_ages(now);
+            let ages: HashMap<&str, Duration> = run.node.heartbeat_ages(now).collect();
             let others: Vec<String> = run
                 .node
                 .members()
@@ -1139,7 +1139,7 @@ impl Sim {
                         "{}:{}{}",
                         m.node_id,
                         &m.status.as_str()[..1],
-                        ages.get(&m.node_id)
+                        ages.get(m.node_id.as_str())
                             .map_or(String::new(), |a| format!("/{}", a.as_millis()))
                     )
                 })
