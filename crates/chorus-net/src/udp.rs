@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
 use chitchat::ChitchatMessage;
@@ -69,15 +69,7 @@ struct CountingUdpSocket {
 #[async_trait]
 impl Socket for CountingUdpSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
-        let encoded = wire::encode(&message).and_then(|bytes| {
-            ensure!(
-                bytes.len() <= MAX_UDP_PAYLOAD,
-                "{} bytes, too large for one UDP datagram",
-                bytes.len()
-            );
-            Ok(bytes)
-        });
-        let bytes = match encoded {
+        let bytes = match wire::encode_within(&message, MAX_UDP_PAYLOAD) {
             Ok(bytes) => bytes,
             Err(err) => {
                 warn!(to=%to, error=%err, "gossip message dropped");

@@ -87,6 +87,17 @@ pub fn encode(message: &ChitchatMessage) -> anyhow::Result<Vec<u8>> {
     compact(&message.serialize_to_vec())
 }
 
+/// The wire bytes for `message` if they fit in `limit` (a transport's largest envelope).
+pub fn encode_within(message: &ChitchatMessage, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let bytes = encode(message)?;
+    ensure!(
+        bytes.len() <= limit,
+        "{} bytes, over the transport's {limit}-byte limit",
+        bytes.len()
+    );
+    Ok(bytes)
+}
+
 /// The message in `bytes`, as [`encode`] wrote it; anything else is an error.
 pub fn decode(bytes: &[u8]) -> anyhow::Result<ChitchatMessage> {
     let plain = expand(bytes)?;

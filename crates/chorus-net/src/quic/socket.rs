@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::Socket;
 use chitchat::ChitchatMessage;
@@ -124,15 +124,7 @@ impl Socket for QuicSocket {
             self.shared.counters.dropped_send();
             return Ok(());
         }
-        let encoded = wire::encode(&message).and_then(|bytes| {
-            ensure!(
-                bytes.len() <= MAX_MESSAGE_SIZE,
-                "{} bytes, over the {MAX_MESSAGE_SIZE}-byte envelope limit",
-                bytes.len()
-            );
-            Ok(bytes)
-        });
-        match encoded {
+        match wire::encode_within(&message, MAX_MESSAGE_SIZE) {
             Ok(bytes) => self.outbox.push(to, bytes),
             Err(err) => {
                 warn!(%to, error=%err, "gossip message dropped");
