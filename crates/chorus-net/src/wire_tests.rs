@@ -280,6 +280,41 @@ fn long_shared_prefixes_cannot_expand_past_the_cap() {
     assert!(err.contains("expands past"), "{err}");
 }
 
+/// A delta of `blocks` compressed blocks, each a 19-byte frame of 64 KiB of zeros.
+fn zero_bomb_delta(blocks: usize) -> Vec<u8> {
+    let frame = zstd::bulk::compress(&[0; INFLATED_BLOCK_MAX], 3).unwrap();
+    let mut delta = Vec::new();
+    for _ in 0..blocks {
+        delta.push(BLOCK_COMPRESSED);
+        delta.extend((frame.len() as u16).to_le_bytes());
+        delta.extend_from_slice(&frame);
+    }
+    delta.push(BLOCK_END);
+    delta
+}
+
+#[test]
+fn a_delta_that_would_inflate_past_the_cap_is_refused_before_chitchat_inflates_it() {
+    let blocks = MAX_DELTA_EXPANSION / INFLATED_BLOCK_MAX;
+    let digest = plain_digest(&realistic_digest(Ids::Short, Addrs::OnePortManyIps));
+    let bomb_delta = zero_bomb_delta(blocks + 1);
+    assert!(bomb_delta.len() < 4096, "{} bytes", bomb_delta.len());
+    for message_type in [ACK, SYN_ACK] {
+        let digest = if message_type == ACK {
+            &[][..]
+        } else {
+            &digest
+        };
+        let bomb = plain_message(message_type, digest, &bomb_delta);
+        let err = decode(&compact(&bomb).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("expands past"), "{err}");
+        // At the cap, chitchat gets to judge it (and refuses zeros as a delta).
+        let at_cap = plain_message(message_type, digest, &zero_bomb_delta(blocks));
+        let err = format!("{:#}", decode(&compact(&at_cap).unwrap()).unwrap_err());
+        assert!(err.contains("invalid chitchat message"), "{err}");
+    }
+}
+
 #[test]
 fn hostile_digests_are_refused_with_a_reason() {
     let first = compact_entry(0, 0, b"abc", 0, &[10, 0, 0, 1]);
