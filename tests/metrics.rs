@@ -146,6 +146,7 @@ async fn metrics_endpoint_names_and_values() {
         "chorus_net_messages_received_total",
         "chorus_net_dropped_sends_total",
         "chorus_net_garbage_received_total",
+        "chorus_net_stale_received_total",
         "chorus_net_failed_handshakes_total",
         "chorus_net_rejected_peers_total",
         "chorus_peer_heartbeat_age_seconds",

@@ -13,6 +13,7 @@
 //! | `chorus_net_messages_sent_total`, `..._received_total` | counter | gossip messages |
 //! | `chorus_net_dropped_sends_total` | counter | messages dropped before the network |
 //! | `chorus_net_garbage_received_total` | counter | undecodable input from the network |
+//! | `chorus_net_stale_received_total` | counter | messages dropped unread: they waited too long for chitchat (QUIC) |
 //! | `chorus_net_failed_handshakes_total` | counter | TLS or hello failures |
 //! | `chorus_net_rejected_peers_total` | counter | peers refused at hello |
 //! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
@@ -70,7 +71,7 @@ pub struct Metrics {
     last_net: Mutex<NetStats>,
 }
 
-const NET_NAMES: [(&str, &str); 8] = [
+const NET_NAMES: [(&str, &str); 9] = [
     ("net_bytes_sent", "Gossip payload bytes sent"),
     ("net_bytes_received", "Gossip payload bytes received"),
     ("net_messages_sent", "Gossip messages sent"),
@@ -80,6 +81,10 @@ const NET_NAMES: [(&str, &str); 8] = [
         "Messages dropped before reaching the network",
     ),
     ("net_garbage_received", "Undecodable input from the network"),
+    (
+        "net_stale_received",
+        "Messages dropped unread: they waited too long for chitchat",
+    ),
     ("net_failed_handshakes", "TLS or hello failures"),
     ("net_rejected_peers", "Peers refused at hello"),
 ];
@@ -92,7 +97,7 @@ struct PeerAges {
     gauges: HashMap<String, (Gauge<f64, AtomicU64>, u64)>,
 }
 
-fn net_values(s: &NetStats) -> [u64; 8] {
+fn net_values(s: &NetStats) -> [u64; 9] {
     [
         s.bytes_sent,
         s.bytes_received,
@@ -100,6 +105,7 @@ fn net_values(s: &NetStats) -> [u64; 8] {
         s.messages_received,
         s.dropped_sends,
         s.garbage_received,
+        s.stale_received,
         s.failed_handshakes,
         s.rejected_peers,
     ]

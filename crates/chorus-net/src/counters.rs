@@ -27,6 +27,9 @@ pub struct NetStats {
     /// Envelopes (datagrams or streams) that could not be decoded, or were
     /// over the size limit.
     pub garbage_received: u64,
+    /// Messages received but dropped unread because they waited too long
+    /// for chitchat (QUIC only; over UDP the socket buffer sheds them).
+    pub stale_received: u64,
     /// Connections that failed TLS authentication or the hello protocol.
     pub failed_handshakes: u64,
     /// Peers refused at hello, by us or by them.
@@ -41,6 +44,7 @@ struct Inner {
     messages_received: AtomicU64,
     dropped_sends: AtomicU64,
     garbage_received: AtomicU64,
+    stale_received: AtomicU64,
     failed_handshakes: AtomicU64,
     rejected_peers: AtomicU64,
 }
@@ -72,6 +76,7 @@ impl NetCounters {
             messages_received: load(&i.messages_received),
             dropped_sends: load(&i.dropped_sends),
             garbage_received: load(&i.garbage_received),
+            stale_received: load(&i.stale_received),
             failed_handshakes: load(&i.failed_handshakes),
             rejected_peers: load(&i.rejected_peers),
         }
@@ -101,6 +106,10 @@ impl NetCounters {
         bump(&self.inner.garbage_received, 1);
     }
 
+    pub(crate) fn stale_received(&self) {
+        bump(&self.inner.stale_received, 1);
+    }
+
     pub(crate) fn failed_handshake(&self) {
         bump(&self.inner.failed_handshakes, 1);
     }
@@ -124,6 +133,7 @@ mod tests {
         b.received_message();
         b.dropped_send();
         b.garbage();
+        b.stale_received();
         b.failed_handshake();
         b.rejected_peer();
         let s = a.snapshot();
@@ -136,6 +146,7 @@ mod tests {
                 messages_received: 1,
                 dropped_sends: 1,
                 garbage_received: 1,
+                stale_received: 1,
                 failed_handshakes: 1,
                 rejected_peers: 1,
             }

@@ -383,3 +383,36 @@ async fn sending_after_the_idle_timeout_redials() {
     assert_eq!(recv(&mut socket_b).await, (addr_a, syn("two")));
     assert_eq!(a.counters().snapshot().dropped_sends, 0);
 }
+
+/// QUIC sheds load the way a UDP socket buffer does: a message that waited
+/// too long, to be sent or to be read by chitchat, is dropped and counted.
+#[tokio::test]
+async fn messages_that_waited_too_long_are_dropped_on_both_sides() {
+    let ca = ClusterCa::generate("stale").unwrap();
+    let impatient = chorus_net::QuicTuning {
+        max_message_age: Duration::ZERO,
+        ..fast_tuning()
+    };
+    let patient = quic(&ca, "patient");
+    let hasty = QuicTransport::new(quic_config(&ca, "hasty").with_tuning(impatient));
+    let (addr_patient, addr_hasty) = (free_addr(), free_addr());
+    let mut socket_patient = patient.open(addr_patient).await.unwrap();
+    let mut socket_hasty = hasty.open(addr_hasty).await.unwrap();
+
+    // Received and decoded, then too old by the time chitchat asks for it.
+    socket_patient.send(addr_hasty, syn("late")).await.unwrap();
+    eventually("the message to be decoded", || {
+        hasty.counters().snapshot().messages_received == 1
+    })
+    .await;
+    assert_silent(&mut socket_hasty, QUIET).await;
+    assert_eq!(hasty.counters().snapshot().stale_received, 1);
+    // Past its age before the send task takes it.
+    socket_hasty.send(addr_patient, syn("late")).await.unwrap();
+    eventually("the send to be dropped", || {
+        hasty.counters().snapshot().dropped_sends == 1
+    })
+    .await;
+    assert_eq!(hasty.counters().snapshot().messages_sent, 0);
+    assert_silent(&mut socket_patient, QUIET).await;
+}

@@ -93,6 +93,10 @@ pub struct QuicTuning {
     pub idle_timeout: Duration,
     /// QUIC keep-alive; `None` (default) lets idle connections close.
     pub keep_alive_interval: Option<Duration>,
+    /// A message waiting longer than this to be sent, or to be read by
+    /// chitchat, is dropped (default 1 s): gossip repeats every round, and
+    /// answering a round that is over costs work and helps nobody.
+    pub max_message_age: Duration,
     /// Limit to open a stream and hand it a message (default 5 s).
     pub write_timeout: Duration,
     /// Limit to receive a whole envelope once its stream opened (default 10 s).
@@ -117,6 +121,7 @@ impl Default for QuicTuning {
             hello_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             keep_alive_interval: None,
+            max_message_age: Duration::from_secs(1),
             write_timeout: Duration::from_secs(5),
             stream_read_timeout: Duration::from_secs(10),
             dial_backoff_min: Duration::from_secs(1),

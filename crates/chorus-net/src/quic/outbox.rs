@@ -24,7 +24,7 @@ use super::shared::Shared;
 use super::PEER_QUEUE_CAPACITY;
 
 struct PeerQueue {
-    messages: VecDeque<Vec<u8>>,
+    messages: VecDeque<(Instant, Vec<u8>)>,
     wake: Arc<Notify>,
     task: AbortHandle,
 }
@@ -61,12 +61,23 @@ impl Outbox {
             queue.messages.pop_front();
             self.shared.counters.dropped_send();
         }
-        queue.messages.push_back(message);
+        queue.messages.push_back((Instant::now(), message));
         queue.wake.notify_one();
     }
 
+    /// The oldest message still worth sending: one that waited longer than
+    /// `max_message_age` (behind a slow dial) belongs to a gossip round that
+    /// is over.
     fn pop(&self, to: SocketAddr) -> Option<Vec<u8>> {
-        self.peers.lock().get_mut(&to)?.messages.pop_front()
+        let mut peers = self.peers.lock();
+        let queue = peers.get_mut(&to)?;
+        while let Some((queued, message)) = queue.messages.pop_front() {
+            if queued.elapsed() <= self.shared.tuning.max_message_age {
+                return Some(message);
+            }
+            self.shared.counters.dropped_send();
+        }
+        None
     }
 
     /// Removes the peer's queue if it is empty; true if removed.

@@ -16,6 +16,13 @@ use super::{QuicTuning, CLOSE_HELLO_REJECTED, MAX_MESSAGE_SIZE, STOP_TOO_LARGE};
 use crate::counters::NetCounters;
 use crate::wire;
 
+/// A decoded message waiting for chitchat, with when its stream was accepted.
+/// Unlike UDP, whose socket buffer overflows and sheds load, QUIC delivers
+/// everything: a node that falls behind would answer rounds long over, each
+/// answer costing a delta, and never catch up. Late messages are dropped
+/// instead.
+pub(crate) type Arrival = (Instant, SocketAddr, ChitchatMessage);
+
 /// Entries kept in the per-address maps before expired ones are pruned.
 const PRUNE_THRESHOLD: usize = 1024;
 
@@ -28,7 +35,7 @@ pub(crate) struct Shared {
     on_reject: RejectObserver,
     /// Our hello, encoded once.
     pub(crate) local_hello: Vec<u8>,
-    inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
+    inbox: mpsc::Sender<Arrival>,
     /// Established (hello passed) connections by peer gossip address.
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// Peers refused at hello (either way): no dialing until the instant.
@@ -44,7 +51,7 @@ impl Shared {
         policy: HelloPolicy,
         on_reject: RejectObserver,
         local_hello: Vec<u8>,
-        inbox: mpsc::Sender<(SocketAddr, ChitchatMessage)>,
+        inbox: mpsc::Sender<Arrival>,
     ) -> Self {
         Self {
             counters,
@@ -184,6 +191,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, addr: SocketAdd
 
 /// Reads one envelope (size- and time-limited), decodes and delivers it.
 async fn read_envelope(shared: Arc<Shared>, mut stream: RecvStream, from: SocketAddr) {
+    let accepted = Instant::now();
     let read = timeout(
         shared.tuning.stream_read_timeout,
         stream.read_to_end(MAX_MESSAGE_SIZE),
@@ -213,7 +221,7 @@ async fn read_envelope(shared: Arc<Shared>, mut stream: RecvStream, from: Socket
         Ok(message) => {
             shared.counters.received_message();
             // Waits when chitchat lags behind: that back-pressures the peer.
-            let _ = shared.inbox.send((from, message)).await;
+            let _ = shared.inbox.send((accepted, from, message)).await;
         }
         Err(err) => {
             debug!(peer=%from, len=bytes.len(), error=%err, "undecodable envelope dropped");

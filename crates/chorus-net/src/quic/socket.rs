@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::handshake;
 use super::outbox::Outbox;
-use super::shared::Shared;
+use super::shared::{Arrival, Shared};
 use super::{
     QuicConfig, QuicTuning, CLOSE_SHUTDOWN, INBOX_CAPACITY, MAX_CONCURRENT_UNI_STREAMS,
     MAX_MESSAGE_SIZE, MAX_PENDING_HANDSHAKES,
@@ -29,7 +29,7 @@ pub(crate) struct QuicSocket {
     endpoint: Endpoint,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
-    inbox: mpsc::Receiver<(SocketAddr, ChitchatMessage)>,
+    inbox: mpsc::Receiver<Arrival>,
     acceptor: JoinHandle<()>,
 }
 
@@ -134,13 +134,17 @@ impl Socket for QuicSocket {
         Ok(())
     }
 
-    /// Never fails; cancel-safe.
+    /// Never fails; cancel-safe. A message that waited longer than
+    /// `max_message_age` for chitchat is dropped here: see [`Arrival`].
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        match self.inbox.recv().await {
-            Some(received) => Ok(received),
-            // `shared` holds a sender for as long as we live: unreachable.
-            None => std::future::pending().await,
+        while let Some((accepted, from, message)) = self.inbox.recv().await {
+            if accepted.elapsed() <= self.shared.tuning.max_message_age {
+                return Ok((from, message));
+            }
+            self.shared.counters.stale_received();
         }
+        // `shared` holds a sender for as long as we live: unreachable.
+        std::future::pending().await
     }
 }
 
