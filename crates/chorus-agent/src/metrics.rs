@@ -67,11 +67,15 @@ pub struct Metrics {
     heartbeat_age: Family<Labels, Gauge<f64, AtomicU64>>,
     peer_ages: Mutex<PeerAges>,
     tick: Histogram,
-    net: [Counter; 8],
+    net: [Counter; NET_COUNTERS],
     last_net: Mutex<NetStats>,
 }
 
-const NET_NAMES: [(&str, &str); 9] = [
+/// One counter per field of [`NetStats`]; the arrays below share this length so that adding a
+/// field cannot silently drop one from a `zip`.
+const NET_COUNTERS: usize = 9;
+
+const NET_NAMES: [(&str, &str); NET_COUNTERS] = [
     ("net_bytes_sent", "Gossip payload bytes sent"),
     ("net_bytes_received", "Gossip payload bytes received"),
     ("net_messages_sent", "Gossip messages sent"),
@@ -97,7 +101,7 @@ struct PeerAges {
     gauges: HashMap<String, (Gauge<f64, AtomicU64>, u64)>,
 }
 
-fn net_values(s: &NetStats) -> [u64; 9] {
+fn net_values(s: &NetStats) -> [u64; NET_COUNTERS] {
     [
         s.bytes_sent,
         s.bytes_received,
@@ -172,7 +176,7 @@ impl Metrics {
             "One agent round: read gossip, decide, act",
             tick.clone(),
         );
-        let net: [Counter; 8] = Default::default();
+        let net: [Counter; NET_COUNTERS] = Default::default();
         for ((name, help), c) in NET_NAMES.iter().zip(&net) {
             registry.register(*name, *help, c.clone());
         }
