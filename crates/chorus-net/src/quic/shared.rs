@@ -16,7 +16,7 @@ use super::{QuicTuning, CLOSE_HELLO_REJECTED, MAX_MESSAGE_SIZE, STOP_TOO_LARGE};
 use crate::counters::NetCounters;
 use crate::wire;
 
-/// A decoded message waiting for chitchat, with when its stream was accepted.
+/// A decoded message waiting for chitchat, with when it was fully received.
 /// Unlike UDP, whose socket buffer overflows and sheds load, QUIC delivers
 /// everything: a node that falls behind would answer rounds long over, each
 /// answer costing a delta, and never catch up. Late messages are dropped
@@ -191,12 +191,13 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, addr: SocketAdd
 
 /// Reads one envelope (size- and time-limited), decodes and delivers it.
 async fn read_envelope(shared: Arc<Shared>, mut stream: RecvStream, from: SocketAddr) {
-    let accepted = Instant::now();
     let read = timeout(
         shared.tuning.stream_read_timeout,
         stream.read_to_end(MAX_MESSAGE_SIZE),
     )
     .await;
+    // The reading is not the waiting: a big envelope on a slow link may take a while.
+    let received = Instant::now();
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(ReadToEndError::TooLong)) => {
@@ -221,7 +222,7 @@ async fn read_envelope(shared: Arc<Shared>, mut stream: RecvStream, from: Socket
         Ok(message) => {
             shared.counters.received_message();
             // Waits when chitchat lags behind: that back-pressures the peer.
-            let _ = shared.inbox.send((accepted, from, message)).await;
+            let _ = shared.inbox.send((received, from, message)).await;
         }
         Err(err) => {
             debug!(peer=%from, len=bytes.len(), error=%err, "undecodable envelope dropped");

@@ -137,8 +137,8 @@ impl Socket for QuicSocket {
     /// Never fails; cancel-safe. A message that waited longer than
     /// `max_message_age` for chitchat is dropped here: see [`Arrival`].
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        while let Some((accepted, from, message)) = self.inbox.recv().await {
-            if accepted.elapsed() <= self.shared.tuning.max_message_age {
+        while let Some((received, from, message)) = self.inbox.recv().await {
+            if received.elapsed() <= self.shared.tuning.max_message_age {
                 return Ok((from, message));
             }
             self.shared.counters.stale_received();
