@@ -24,8 +24,11 @@
 //! - `send` never waits: it appends to the peer's queue
 //!   ([`PEER_QUEUE_CAPACITY`], oldest dropped) served by a per-peer task that
 //!   dials when needed (connect timeout, exponential backoff after failures,
-//!   longer backoff after a hello refusal). Messages that cannot be sent are
-//!   counted in `dropped_sends`.
+//!   longer backoff after a hello refusal). Messages that cannot be sent, or
+//!   waited over [`QuicTuning::max_message_age`], are counted in
+//!   `dropped_sends`.
+//! - Received messages wait for chitchat in a bounded inbox; one that waited
+//!   over `max_message_age` is dropped unread (`stale_received`).
 //! - `recv` never fails: bad peers, bad streams and I/O errors are counted and
 //!   logged, never returned (an error would stop chitchat's gossip loop).
 //! - Dropping the socket closes every connection; the UDP port is released
