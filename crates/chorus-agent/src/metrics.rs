@@ -71,8 +71,8 @@ pub struct Metrics {
     last_net: Mutex<NetStats>,
 }
 
-/// One counter per field of [`NetStats`]; the arrays below share this length so that adding a
-/// field cannot silently drop one from a `zip`.
+/// One counter per field of [`NetStats`]; the arrays below share this length so that no name,
+/// counter or value can fall out of a `zip`.
 const NET_COUNTERS: usize = 9;
 
 const NET_NAMES: [(&str, &str); NET_COUNTERS] = [
@@ -101,17 +101,30 @@ struct PeerAges {
     gauges: HashMap<String, (Gauge<f64, AtomicU64>, u64)>,
 }
 
+/// In [`NET_NAMES`] order. The pattern names every field, so a field added to [`NetStats`]
+/// does not compile until it is exported here.
 fn net_values(s: &NetStats) -> [u64; NET_COUNTERS] {
+    let NetStats {
+        bytes_sent,
+        bytes_received,
+        messages_sent,
+        messages_received,
+        dropped_sends,
+        garbage_received,
+        stale_received,
+        failed_handshakes,
+        rejected_peers,
+    } = *s;
     [
-        s.bytes_sent,
-        s.bytes_received,
-        s.messages_sent,
-        s.messages_received,
-        s.dropped_sends,
-        s.garbage_received,
-        s.stale_received,
-        s.failed_handshakes,
-        s.rejected_peers,
+        bytes_sent,
+        bytes_received,
+        messages_sent,
+        messages_received,
+        dropped_sends,
+        garbage_received,
+        stale_received,
+        failed_handshakes,
+        rejected_peers,
     ]
 }
 

@@ -20,8 +20,9 @@
 //!   its store; an interval longer than `max_interval` (10 rounds, at least 2 s) is not sampled.
 //!   At the end of each of A's rounds an incarnation is live when it has at least one sampled
 //!   interval and its last report is younger than `fd_timeout` (default 7 rounds: chitchat's phi
-//!   is `elapsed / mean interval` against the agent's threshold of 7); judging it dead clears its samples,
-//!   so it needs two fresh reports to come back, like chitchat's `SamplingWindow::reset`.
+//!   is `elapsed / mean interval` against the agent's threshold of 7); judging it dead clears its
+//!   samples, so it needs two fresh reports to come back, like chitchat's
+//!   `SamplingWindow::reset`.
 //! - Dropped: MTU truncation of deltas, per-key versions (a whole snapshot is copied), garbage
 //!   collection of dead nodes, message latency (an exchange completes within its tick).
 //!

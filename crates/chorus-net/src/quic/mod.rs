@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chitchat::transport::{Socket, Transport};
+use tokio::time::Instant;
 
 use crate::counters::NetCounters;
 use crate::tls::TlsMode;
@@ -115,6 +116,13 @@ pub struct QuicTuning {
     /// Authentication failures are logged at most once per peer per this
     /// interval (default 60 s).
     pub auth_warn_interval: Duration,
+}
+
+impl QuicTuning {
+    /// Whether a message queued at `since` is past [`Self::max_message_age`].
+    pub(crate) fn is_late(&self, since: Instant) -> bool {
+        since.elapsed() > self.max_message_age
+    }
 }
 
 impl Default for QuicTuning {

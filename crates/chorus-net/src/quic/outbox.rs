@@ -72,7 +72,7 @@ impl Outbox {
         let mut peers = self.peers.lock();
         let queue = peers.get_mut(&to)?;
         while let Some((queued, message)) = queue.messages.pop_front() {
-            if queued.elapsed() <= self.shared.tuning.max_message_age {
+            if !self.shared.tuning.is_late(queued) {
                 return Some(message);
             }
             self.shared.counters.dropped_send();

@@ -138,7 +138,7 @@ impl Socket for QuicSocket {
     /// `max_message_age` for chitchat is dropped here: see [`Arrival`].
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         while let Some((received, from, message)) = self.inbox.recv().await {
-            if received.elapsed() <= self.shared.tuning.max_message_age {
+            if !self.shared.tuning.is_late(received) {
                 return Ok((from, message));
             }
             self.shared.counters.stale_received();
