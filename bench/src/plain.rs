@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chitchat::transport::{Socket, Transport, UdpTransport};
-use chitchat::{
+use chitchat_upstream::transport::{Socket, Transport, UdpTransport};
+use chitchat_upstream::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage,
     FailureDetectorConfig, Serializable,
 };
