@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::iter::once;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use delta::Delta;
 use failure_detector::FailureDetector;
@@ -75,6 +76,9 @@ pub struct Chitchat {
     previous_live_nodes: HashMap<ChitchatId, Version>,
     live_nodes_watcher_tx: watch::Sender<BTreeMap<ChitchatId, NodeState>>,
     live_nodes_watcher_rx: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    /// The live nodes changed while nobody watched, so the watcher's value is out of date
+    /// (chorus change 3, CHORUS.md). Atomic only so that `&self` methods can clear it.
+    live_nodes_watcher_stale: AtomicBool,
 }
 
 impl Chitchat {
@@ -93,6 +97,7 @@ impl Chitchat {
             previous_live_nodes,
             live_nodes_watcher_tx,
             live_nodes_watcher_rx,
+            live_nodes_watcher_stale: AtomicBool::new(false),
         };
 
         let self_node_state = chitchat.self_node_state();
@@ -240,23 +245,16 @@ impl Chitchat {
             .collect::<HashMap<_, _>>();
 
         if self.previous_live_nodes != current_live_nodes {
-            let live_nodes = current_live_nodes
-                .keys()
-                .cloned()
-                .flat_map(|chitchat_id| {
-                    let node_state = self.node_state(&chitchat_id)?;
-                    if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
-                        if !liveness_extra_predicate(node_state) {
-                            return None;
-                        }
-                    }
-                    Some((chitchat_id, node_state.clone()))
-                })
-                .collect::<BTreeMap<_, _>>();
             self.previous_live_nodes = current_live_nodes;
-
-            if self.live_nodes_watcher_tx.send(live_nodes).is_err() {
-                error!(current_node = ?self.self_chitchat_id(), "error while reporting membership change event.")
+            // Publishing clones every live node's whole state. In a cluster where some key
+            // always changes that is every round, so it is done only for a watcher that is
+            // there; one that comes later gets a fresh value when it subscribes.
+            if self.live_nodes_watcher_tx.receiver_count() > 1 {
+                self.live_nodes_watcher_stale
+                    .store(false, Ordering::Relaxed);
+                self.publish_live_nodes();
+            } else {
+                self.live_nodes_watcher_stale.store(true, Ordering::Relaxed);
             }
         }
         // Perform garbage collection.
@@ -268,6 +266,33 @@ impl Chitchat {
                 error!("self node was marked dead, please report");
             }
         }
+    }
+
+    /// Sends the live nodes (as of the last `update_nodes_liveness`) to the watchers.
+    fn publish_live_nodes(&self) {
+        let live_nodes = self
+            .previous_live_nodes
+            .keys()
+            .flat_map(|chitchat_id| {
+                let node_state = self.node_state(chitchat_id)?;
+                if let Some(liveness_extra_predicate) = &self.config.extra_liveness_predicate {
+                    if !liveness_extra_predicate(node_state) {
+                        return None;
+                    }
+                }
+                Some((chitchat_id.clone(), node_state.clone()))
+            })
+            .collect::<BTreeMap<_, _>>();
+        self.live_nodes_watcher_tx.send_replace(live_nodes);
+    }
+
+    /// The receiver behind both watcher methods, brought up to date first if the live nodes
+    /// changed while nobody watched.
+    fn live_nodes_receiver(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
+        if self.live_nodes_watcher_stale.swap(false, Ordering::Relaxed) {
+            self.publish_live_nodes();
+        }
+        self.live_nodes_watcher_rx.clone()
     }
 
     pub fn node_states(&self) -> &BTreeMap<ChitchatId, NodeState> {
@@ -298,11 +323,11 @@ impl Chitchat {
     ///
     /// Heartbeats are not notified.
     pub fn live_nodes_watch_stream(&self) -> WatchStream<BTreeMap<ChitchatId, NodeState>> {
-        WatchStream::new(self.live_nodes_watcher_rx.clone())
+        WatchStream::new(self.live_nodes_receiver())
     }
 
     pub fn live_nodes_watcher(&self) -> watch::Receiver<BTreeMap<ChitchatId, NodeState>> {
-        self.live_nodes_watcher_rx.clone()
+        self.live_nodes_receiver()
     }
 
     /// Returns the set of nodes considered dead by the failure detector.
@@ -647,6 +672,50 @@ mod tests {
         }
         run_chitchat_handshake(&mut node1, &mut node2);
         assert_nodes_sync(&[&node1, &node2]);
+    }
+
+    #[tokio::test]
+    async fn test_live_nodes_are_cloned_only_for_a_watcher() {
+        let empty_seeds = watch::channel(Default::default()).1;
+        let mut node = Chitchat::with_chitchat_id_and_seeds(
+            ChitchatConfig::for_test(10_001),
+            empty_seeds,
+            vec![],
+        );
+        let value_of = |live_nodes: &BTreeMap<ChitchatId, NodeState>| {
+            let node_state = live_nodes.values().next()?;
+            node_state.get("key").map(str::to_string)
+        };
+        let published = |node: &Chitchat| value_of(&node.live_nodes_watcher_tx.borrow());
+
+        node.self_node_state().set("key", "1");
+        node.update_nodes_liveness();
+        assert_eq!(published(&node), None, "nobody watches: nothing cloned");
+
+        let mut watcher = node.live_nodes_watcher();
+        assert_eq!(value_of(&watcher.borrow_and_update()).as_deref(), Some("1"));
+
+        node.self_node_state().set("key", "2");
+        node.update_nodes_liveness();
+        assert!(watcher.has_changed().unwrap());
+        assert_eq!(value_of(&watcher.borrow_and_update()).as_deref(), Some("2"));
+
+        drop(watcher);
+        node.self_node_state().set("key", "3");
+        node.update_nodes_liveness();
+        assert_eq!(
+            published(&node).as_deref(),
+            Some("2"),
+            "the watcher left: nothing cloned"
+        );
+
+        let mut stream = node.live_nodes_watch_stream();
+        let first = stream.next().await.unwrap();
+        assert_eq!(
+            value_of(&first).as_deref(),
+            Some("3"),
+            "a late watcher starts up to date"
+        );
     }
 
     #[test]

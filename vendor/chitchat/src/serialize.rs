@@ -1,4 +1,5 @@
-use std::io::BufRead;
+use std::cell::RefCell;
+use std::io::{self, BufRead};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -372,10 +373,9 @@ impl CompressedStreamWriter {
         let num_bytes_to_compress = self.uncompressed_block.len().min(self.block_threshold);
 
         self.compressed_block.resize(num_bytes_to_compress, 0u8);
-        match zstd::bulk::compress_to_buffer(
+        match compress_to_buffer(
             &self.uncompressed_block[..num_bytes_to_compress],
             &mut self.compressed_block[..],
-            0, // default compression level
         ) {
             Ok(compressed_len) => {
                 BlockType::Compressed.serialize(&mut self.output);
@@ -404,6 +404,40 @@ impl CompressedStreamWriter {
     }
 }
 
+// One zstd context per thread, reused for every block (chorus change 2, CHORUS.md). A fresh
+// context per block, as `zstd::bulk::compress_to_buffer` makes, costs more than compressing a
+// small block: creating one probes the CPU with `cpuid`, which traps to the hypervisor on a
+// virtual machine. A reused context writes the same bytes as a fresh one.
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `source` at zstd's default level into `destination`, as
+/// `zstd::bulk::compress_to_buffer(source, destination, 0)` does.
+fn compress_to_buffer(source: &[u8], destination: &mut [u8]) -> io::Result<usize> {
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        let compressor = match compressor {
+            Some(compressor) => compressor,
+            None => compressor.insert(zstd::bulk::Compressor::new(0)?),
+        };
+        compressor.compress_to_buffer(source, destination)
+    })
+}
+
+/// Inflates one zstd frame into `destination`, as `zstd::bulk::decompress_to_buffer` does.
+fn decompress_to_buffer(source: &[u8], destination: &mut [u8]) -> io::Result<usize> {
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        let decompressor = match decompressor {
+            Some(decompressor) => decompressor,
+            None => decompressor.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress_to_buffer(source, destination)
+    })
+}
+
 pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<Vec<D>> {
     let mut decompressed_data = Vec::new();
     let mut decompressed_buffer = vec![0; u16::MAX as usize];
@@ -415,7 +449,7 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
                 let compressed_block_bytes = buf.get(..len).context(
                     "failed to download compressed stream (compressed block): buffer too short",
                 )?;
-                let uncompressed_len = zstd::bulk::decompress_to_buffer(
+                let uncompressed_len = decompress_to_buffer(
                     compressed_block_bytes,
                     &mut decompressed_buffer[..u16::MAX as usize],
                 )
@@ -495,6 +529,39 @@ mod tests {
     use rand::distr::Alphanumeric;
 
     use super::*;
+
+    #[test]
+    fn test_reused_zstd_context_writes_what_a_fresh_one_writes() {
+        let blocks: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| {
+                (0..10_000u32)
+                    .map(|j| (j % (7 + u32::from(i))) as u8)
+                    .collect()
+            })
+            .collect();
+        for block in &blocks {
+            let fresh = zstd::bulk::compress(block, 0).unwrap();
+            let mut reused = vec![0; block.len()];
+            let len = compress_to_buffer(block, &mut reused).unwrap();
+            assert_eq!(&reused[..len], &fresh[..]);
+        }
+    }
+
+    #[test]
+    fn test_reused_zstd_context_survives_a_failed_call() {
+        let block: Vec<u8> = (0..4_000u32).map(|j| (j % 13) as u8).collect();
+        let mut compressed = vec![0; block.len()];
+        // Too small a destination: compression fails, and the next call must not care.
+        assert!(compress_to_buffer(&block, &mut compressed[..2]).is_err());
+        let len = compress_to_buffer(&block, &mut compressed).unwrap();
+
+        let mut inflated = vec![0; block.len()];
+        assert!(decompress_to_buffer(b"not a zstd frame", &mut inflated).is_err());
+        // A valid frame cut short fails midway through the context's state.
+        assert!(decompress_to_buffer(&compressed[..len / 2], &mut inflated).is_err());
+        let inflated_len = decompress_to_buffer(&compressed[..len], &mut inflated).unwrap();
+        assert_eq!(&inflated[..inflated_len], &block[..]);
+    }
 
     #[test]
     fn test_serialize_bool() {
