@@ -20,7 +20,7 @@
 //! - Whatever goes on a network is [`wire::encode`]'s form of the message,
 //!   never plain chitchat bytes; byte counters count those wire bytes.
 //!
-//! See `docs/chitchat.md` for why chitchat is pinned to 0.11.2.
+//! See `docs/chitchat.md` for why chorus builds its own copy of chitchat 0.11.2 (`vendor/chitchat`).
 
 mod counters;
 mod fault;

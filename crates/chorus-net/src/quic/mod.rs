@@ -89,9 +89,12 @@ pub const STOP_TOO_LARGE: u32 = 0x4348_0010;
 /// Timeouts and backoffs; [`Default`] gives the production values.
 #[derive(Debug, Clone)]
 pub struct QuicTuning {
-    /// QUIC + TLS handshake limit, dialing or accepting (default 2 s).
+    /// QUIC + TLS handshake limit, dialing or accepting (default 5 s). Messages
+    /// queued behind a slow dial are shed after `max_message_age` anyway, so a
+    /// longer limit only spares a handshake already paid for from being thrown
+    /// away and redone when the machine is busy.
     pub connect_timeout: Duration,
-    /// Hello exchange limit (default 2 s).
+    /// Hello exchange limit (default 5 s).
     pub hello_timeout: Duration,
     /// Connections with no traffic for this long close (default 30 s).
     pub idle_timeout: Duration,
@@ -128,8 +131,8 @@ impl QuicTuning {
 impl Default for QuicTuning {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(2),
-            hello_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             keep_alive_interval: None,
             max_message_age: Duration::from_secs(1),
