@@ -266,22 +266,32 @@ async fn run_child(exe: &std::path::Path, spec: &ChildSpec) -> anyhow::Result<St
         .kill_on_drop(true)
         .spawn()?;
     let stdout = child.stdout.take().context("no child stdout")?;
+    let mut progress = None;
     let read = async {
         let mut lines = BufReader::new(stdout).lines();
         let mut found = None;
         while let Some(line) = lines.next_line().await? {
             if let Some(rest) = line.strip_prefix(RESULT_PREFIX) {
                 found = Some(rest.to_string());
+            } else if let Some(rest) = line.strip_prefix(scenario::PROGRESS_PREFIX) {
+                progress = serde_json::from_str::<scenario::Progress>(rest).ok();
             }
         }
         let status = child.wait().await?;
         found.with_context(|| format!("the run ended ({status}) without a result"))
     };
-    match tokio::time::timeout(bound, read).await {
+    let outcome = tokio::time::timeout(bound, read).await;
+    match outcome {
         Ok(result) => result,
         Err(_) => {
             let _ = child.kill().await;
-            anyhow::bail!("did not finish within {bound:?}: stopped")
+            match progress {
+                Some(progress) => anyhow::bail!(
+                    "did not finish within {bound:?}: stopped {}",
+                    progress.describe()
+                ),
+                None => anyhow::bail!("did not finish within {bound:?}: stopped"),
+            }
         }
     }
 }

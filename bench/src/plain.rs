@@ -1,6 +1,7 @@
-//! Plain chitchat, the release chorus is built on: `spawn_chitchat` with chitchat's own
-//! `UdpTransport` (wrapped to count bytes and messages), its default failure detector and the
-//! same gossip interval. No keys but the benchmark's value: what chitchat costs by itself.
+//! Plain chitchat: the unmodified crates.io release of 0.11.2 (chorus runs its own copy,
+//! `vendor/chitchat`). `spawn_chitchat` with chitchat's own `UdpTransport` (wrapped to count
+//! bytes and messages), its default failure detector and the same gossip interval. No keys but
+//! the benchmark's value: what chitchat costs by itself.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -258,6 +258,91 @@ async fn steady<C: Cluster>(cluster: &mut C, timings: &Timings, result: &mut Run
     result.loadavg = (load0, measure::loadavg());
 }
 
+/// Marks a child's stdout line that says which phase a run entered and what it had measured,
+/// so that a run stopped for taking too long still reports how far it got.
+pub const PROGRESS_PREFIX: &str = "PROGRESS ";
+
+/// A run as it entered `phase`.
+#[derive(Debug, Deserialize)]
+pub struct Progress {
+    pub phase: String,
+    pub result: RunResult,
+}
+
+impl Progress {
+    /// What the run had measured when it was stopped in this phase.
+    pub fn describe(&self) -> String {
+        let r = &self.result;
+        let mut done = Vec::new();
+        if r.converged > 0 {
+            done.push(match r.converge_s {
+                Some(s) => format!("all {} saw all alive after {s:.2} s", r.n),
+                None => format!("{}/{} saw all alive in time", r.converged, r.n),
+            });
+        }
+        if r.steady_s > 0.0 {
+            done.push(format!(
+                "steady: {:.1} KiB/s out per node, {:.2} % CPU per node, {} false failures",
+                r.bytes_out_per_node / 1024.0,
+                r.cpu_pct_per_node,
+                r.false_failures
+            ));
+        }
+        if let Some(s) = r.value_s {
+            done.push(format!("value reached all in {s:.2} s"));
+        }
+        if done.is_empty() {
+            format!("during {}", self.phase)
+        } else {
+            format!("during {} ({})", self.phase, done.join("; "))
+        }
+    }
+}
+
 fn say(result: &RunResult, phase: &str) {
     eprintln!("  [{} N={}] {phase}", result.system, result.n);
+    let progress = serde_json::json!({ "phase": phase, "result": result });
+    println!("{PROGRESS_PREFIX}{progress}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the child prints, read back the way the parent reads it.
+    fn progress_of(phase: &str, result: &RunResult) -> Progress {
+        let line = serde_json::json!({ "phase": phase, "result": result }).to_string();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn a_stopped_run_says_how_far_it_got() {
+        let mut result = RunResult {
+            system: "chorus-quic".into(),
+            n: 200,
+            ..RunResult::default()
+        };
+        assert_eq!(
+            progress_of("waiting for convergence", &result).describe(),
+            "during waiting for convergence"
+        );
+
+        result.converged = 180;
+        result.steady_s = 30.0;
+        result.bytes_out_per_node = 2048.0;
+        result.cpu_pct_per_node = 1.5;
+        let text = progress_of("value propagation", &result).describe();
+        assert_eq!(
+            text,
+            "during value propagation (180/200 saw all alive in time; steady: 2.0 KiB/s out per \
+             node, 1.50 % CPU per node, 0 false failures)"
+        );
+
+        result.converged = 200;
+        result.converge_s = Some(93.25);
+        result.value_s = Some(1.5);
+        let text = progress_of("crash detection", &result).describe();
+        assert!(text.starts_with("during crash detection (all 200 saw all alive after 93.25 s;"));
+        assert!(text.ends_with("; value reached all in 1.50 s)"));
+    }
 }
