@@ -61,15 +61,6 @@ use chitchat::{ChitchatMessage, Deserializable, Serializable};
 /// envelope of long shared prefixes from expanding without bound.
 pub const MAX_PLAIN_SIZE: usize = (1 << 20) + 1024;
 
-/// Most bytes the delta of one message may decompress to. chitchat inflates
-/// every compressed block into memory before it parses any, up to 64 KiB a
-/// block, so a 1 MiB envelope of tiny blocks could ask for gigabytes. An
-/// honest delta fits a 65,507-byte datagram once compressed, in blocks of 16
-/// KiB of plain bytes: 128 blocks would need a compression ratio of 32.
-pub const MAX_DELTA_EXPANSION: usize = 128 * INFLATED_BLOCK_MAX;
-/// chitchat inflates a compressed delta block into a buffer of this size.
-const INFLATED_BLOCK_MAX: usize = u16::MAX as usize;
-
 /// Format byte: the digest is compact.
 pub const FORMAT_COMPACT: u8 = 0xC1;
 /// Format byte: chitchat's bytes follow the message type unchanged.
@@ -77,13 +68,7 @@ pub const FORMAT_VERBATIM: u8 = 0xC0;
 
 /// chitchat's header: magic number 45139 (little-endian), protocol version 0.
 const PLAIN_HEADER: [u8; 3] = [0x53, 0xB0, 0];
-const SYN_ACK: u8 = 1;
-const ACK: u8 = 2;
 const BAD_CLUSTER: u8 = 3;
-/// chitchat's delta block types.
-const BLOCK_END: u8 = 0;
-const BLOCK_COMPRESSED: u8 = 1;
-const BLOCK_RAW: u8 = 2;
 const IPV6: u8 = 0x80;
 const SAME_PORT: u8 = 0x40;
 const SAME_LAST_GC_VERSION: u8 = 0x20;
@@ -116,7 +101,6 @@ pub fn encode_within(message: &ChitchatMessage, limit: usize) -> anyhow::Result<
 /// The message in `bytes`, as [`encode`] wrote it; anything else is an error.
 pub fn decode(bytes: &[u8]) -> anyhow::Result<ChitchatMessage> {
     let plain = expand(bytes)?;
-    check_delta_expansion(&plain)?;
     let mut cursor = plain.as_slice();
     let message = ChitchatMessage::deserialize(&mut cursor).context("invalid chitchat message")?;
     ensure!(
@@ -125,48 +109,6 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<ChitchatMessage> {
         cursor.len()
     );
     Ok(message)
-}
-
-/// Refuses a message whose delta could decompress past
-/// [`MAX_DELTA_EXPANSION`], before chitchat decompresses anything. A
-/// compressed block counts as the most chitchat inflates one to: a frame's
-/// declared size proves nothing, as a block may hold several frames.
-fn check_delta_expansion(plain: &[u8]) -> anyhow::Result<()> {
-    let mut reader = Reader(plain.get(PLAIN_HEADER.len() + 1..).unwrap_or_default());
-    match plain.get(PLAIN_HEADER.len()) {
-        Some(&SYN_ACK) => skip_plain_digest(&mut reader)?,
-        Some(&ACK) => {}
-        _ => return Ok(()),
-    }
-    let mut expanded = 0usize;
-    loop {
-        let block = match reader.u8()? {
-            BLOCK_END => return Ok(()),
-            BLOCK_COMPRESSED => {
-                let len = reader.u16()?;
-                reader.take(len.into())?;
-                INFLATED_BLOCK_MAX
-            }
-            BLOCK_RAW => {
-                let len = reader.u16()?;
-                reader.take(len.into())?.len()
-            }
-            other => bail!("unknown delta block type {other}"),
-        };
-        expanded += block;
-        ensure!(
-            expanded <= MAX_DELTA_EXPANSION,
-            "delta expands past {MAX_DELTA_EXPANSION} bytes"
-        );
-    }
-}
-
-fn skip_plain_digest(plain: &mut Reader) -> anyhow::Result<()> {
-    let mut entry = Entry::default();
-    for _ in 0..plain.u16()? {
-        entry.read_plain(plain)?;
-    }
-    Ok(())
 }
 
 fn carries_digest(message_type: u8) -> bool {

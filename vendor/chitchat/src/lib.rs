@@ -23,7 +23,7 @@ use delta::Delta;
 use failure_detector::FailureDetector;
 pub use failure_detector::FailureDetectorConfig;
 pub use listener::ListenerHandle;
-pub use serialize::{Deserializable, Serializable};
+pub use serialize::{Deserializable, INFLATED_BLOCK_MAX, MAX_INFLATED_STREAM, Serializable};
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tracing::{error, info, warn};

@@ -438,9 +438,19 @@ fn decompress_to_buffer(source: &[u8], destination: &mut [u8]) -> io::Result<usi
     })
 }
 
+/// A compressed block inflates to at most this many bytes.
+pub const INFLATED_BLOCK_MAX: usize = u16::MAX as usize;
+
+/// Most bytes a stream may inflate to (chorus change 4, CHORUS.md). Every block is inflated
+/// into memory before any item is parsed, up to 64 KiB a block, so a 1 MiB message of tiny
+/// blocks could otherwise ask for gigabytes. An honest delta fits a 65,507-byte datagram once
+/// compressed, in blocks of 16 KiB of plain bytes: 128 full blocks would need a compression
+/// ratio of 32.
+pub const MAX_INFLATED_STREAM: usize = 128 * INFLATED_BLOCK_MAX;
+
 pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<Vec<D>> {
     let mut decompressed_data = Vec::new();
-    let mut decompressed_buffer = vec![0; u16::MAX as usize];
+    let mut decompressed_buffer = vec![0; INFLATED_BLOCK_MAX];
     loop {
         let block_type = BlockType::deserialize(buf)?;
         match block_type {
@@ -449,11 +459,9 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
                 let compressed_block_bytes = buf.get(..len).context(
                     "failed to download compressed stream (compressed block): buffer too short",
                 )?;
-                let uncompressed_len = decompress_to_buffer(
-                    compressed_block_bytes,
-                    &mut decompressed_buffer[..u16::MAX as usize],
-                )
-                .context("failed to decompress block")?;
+                let uncompressed_len =
+                    decompress_to_buffer(compressed_block_bytes, &mut decompressed_buffer[..])
+                        .context("failed to decompress block")?;
                 buf.advance(len);
                 decompressed_data.extend_from_slice(&decompressed_buffer[..uncompressed_len]);
             }
@@ -469,6 +477,10 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
                 break;
             }
         }
+        anyhow::ensure!(
+            decompressed_data.len() <= MAX_INFLATED_STREAM,
+            "stream expands past {MAX_INFLATED_STREAM} bytes"
+        );
     }
     let mut decompressed_cursor = &decompressed_data[..];
     let mut items = Vec::new();
@@ -529,6 +541,31 @@ mod tests {
     use rand::distr::Alphanumeric;
 
     use super::*;
+
+    #[test]
+    fn test_a_stream_may_not_inflate_past_the_cap() {
+        let zeros = vec![0u8; INFLATED_BLOCK_MAX];
+        let mut frame = vec![0u8; INFLATED_BLOCK_MAX];
+        let frame_len = compress_to_buffer(&zeros, &mut frame).unwrap();
+        let stream = |blocks: usize| {
+            let mut buf = Vec::new();
+            for _ in 0..blocks {
+                BlockType::Compressed.serialize(&mut buf);
+                (frame_len as u16).serialize(&mut buf);
+                buf.extend_from_slice(&frame[..frame_len]);
+            }
+            BlockType::NoMoreBlocks.serialize(&mut buf);
+            buf
+        };
+        let blocks = MAX_INFLATED_STREAM / INFLATED_BLOCK_MAX;
+        let bomb = stream(blocks + 1);
+        assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+        let err = deserialize_stream::<u8>(&mut &bomb[..]).unwrap_err();
+        assert!(err.to_string().contains("expands past"), "{err}");
+        // At the cap the stream inflates and parses.
+        let items = deserialize_stream::<u8>(&mut &stream(blocks)[..]).unwrap();
+        assert_eq!(items.len(), blocks * INFLATED_BLOCK_MAX);
+    }
 
     #[test]
     fn test_reused_zstd_context_writes_what_a_fresh_one_writes() {
