@@ -71,27 +71,8 @@ pub struct Metrics {
     last_net: Mutex<NetStats>,
 }
 
-/// One counter per field of [`NetStats`]; the arrays below share this length so that no name,
-/// counter or value can fall out of a `zip`.
+/// One counter per field of [`NetStats`].
 const NET_COUNTERS: usize = 9;
-
-const NET_NAMES: [(&str, &str); NET_COUNTERS] = [
-    ("net_bytes_sent", "Gossip payload bytes sent"),
-    ("net_bytes_received", "Gossip payload bytes received"),
-    ("net_messages_sent", "Gossip messages sent"),
-    ("net_messages_received", "Gossip messages received"),
-    (
-        "net_dropped_sends",
-        "Messages dropped before reaching the network",
-    ),
-    ("net_garbage_received", "Undecodable input from the network"),
-    (
-        "net_stale_received",
-        "Messages dropped unread: they waited too long for chitchat",
-    ),
-    ("net_failed_handshakes", "TLS or hello failures"),
-    ("net_rejected_peers", "Peers refused at hello"),
-];
 
 /// The heartbeat-age gauge of each peer, held so that a refresh looks no label up, with the
 /// refresh that last set it.
@@ -101,9 +82,9 @@ struct PeerAges {
     gauges: HashMap<String, (Gauge<f64, AtomicU64>, u64)>,
 }
 
-/// In [`NET_NAMES`] order. The pattern names every field, so a field added to [`NetStats`]
-/// does not compile until it is exported here.
-fn net_values(s: &NetStats) -> [u64; NET_COUNTERS] {
+/// Each [`NetStats`] field as its counter's name, help and value. The pattern names every
+/// field, so a field added to `NetStats` does not compile until it is exported here.
+fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTERS] {
     let NetStats {
         bytes_sent,
         bytes_received,
@@ -116,15 +97,43 @@ fn net_values(s: &NetStats) -> [u64; NET_COUNTERS] {
         rejected_peers,
     } = *s;
     [
-        bytes_sent,
-        bytes_received,
-        messages_sent,
-        messages_received,
-        dropped_sends,
-        garbage_received,
-        stale_received,
-        failed_handshakes,
-        rejected_peers,
+        ("net_bytes_sent", "Gossip payload bytes sent", bytes_sent),
+        (
+            "net_bytes_received",
+            "Gossip payload bytes received",
+            bytes_received,
+        ),
+        ("net_messages_sent", "Gossip messages sent", messages_sent),
+        (
+            "net_messages_received",
+            "Gossip messages received",
+            messages_received,
+        ),
+        (
+            "net_dropped_sends",
+            "Messages dropped before reaching the network",
+            dropped_sends,
+        ),
+        (
+            "net_garbage_received",
+            "Undecodable input from the network",
+            garbage_received,
+        ),
+        (
+            "net_stale_received",
+            "Messages dropped unread: they waited too long for chitchat",
+            stale_received,
+        ),
+        (
+            "net_failed_handshakes",
+            "TLS or hello failures",
+            failed_handshakes,
+        ),
+        (
+            "net_rejected_peers",
+            "Peers refused at hello",
+            rejected_peers,
+        ),
     ]
 }
 
@@ -190,8 +199,8 @@ impl Metrics {
             tick.clone(),
         );
         let net: [Counter; NET_COUNTERS] = Default::default();
-        for ((name, help), c) in NET_NAMES.iter().zip(&net) {
-            registry.register(*name, *help, c.clone());
+        for ((name, help, _), c) in net_counters(&NetStats::default()).into_iter().zip(&net) {
+            registry.register(name, help, c.clone());
         }
         Metrics {
             registry,
@@ -272,7 +281,8 @@ impl Metrics {
     /// Adds the traffic since the last call to the counters.
     pub fn update_net(&self, now: NetStats) {
         let mut last = self.last_net.lock();
-        for ((c, new), old) in self.net.iter().zip(net_values(&now)).zip(net_values(&last)) {
+        let deltas = net_counters(&now).into_iter().zip(net_counters(&last));
+        for (c, ((_, _, new), (_, _, old))) in self.net.iter().zip(deltas) {
             c.inc_by(new.saturating_sub(old));
         }
         *last = now;
