@@ -149,6 +149,7 @@ async fn metrics_endpoint_names_and_values() {
         "chorus_net_stale_received_total",
         "chorus_net_failed_handshakes_total",
         "chorus_net_rejected_peers_total",
+        "chorus_net_connections_opened_total",
         "chorus_peer_heartbeat_age_seconds",
         "chorus_tick_duration_seconds",
     ] {
@@ -235,6 +236,7 @@ async fn metrics_endpoint_names_and_values() {
             "chorus_net_bytes_received_total",
             "chorus_net_messages_sent_total",
             "chorus_net_messages_received_total",
+            "chorus_net_connections_opened_total",
             "chorus_tick_duration_seconds_count",
         ] {
             assert!(s.value(counter) > 0.0, "{node}: {counter} is 0");

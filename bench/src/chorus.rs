@@ -287,6 +287,7 @@ impl Cluster for ChorusCluster {
             total.bytes_received += get("bytes_received");
             total.messages_sent += get("messages_sent");
             total.messages_received += get("messages_received");
+            total.connections_opened += get("connections_opened");
         }
         total
     }

@@ -55,6 +55,10 @@ impl Cell<'_> {
     fn value(&self) -> Option<f64> {
         self.med(|r| r.value_s)
     }
+
+    fn connections(&self) -> Option<f64> {
+        self.med(|r| r.connections_per_node)
+    }
 }
 
 fn num(v: Option<f64>, decimals: usize) -> String {
@@ -98,9 +102,9 @@ pub fn tables(results: &[RunResult], sizes: &[usize], systems: &[String]) -> Str
         let _ = writeln!(out, "\n### N = {n}\n");
         let _ = writeln!(
             out,
-            "| system | runs | converge s | detect min / median / max s | value s | out KiB/s/node | in KiB/s/node | msgs out/s/node | loopback KiB/s/node | CPU %/node | RSS MiB/node (shared) | false failures |"
+            "| system | runs | converge s | connections/node at convergence | detect min / median / max s | value s | out KiB/s/node | in KiB/s/node | msgs out/s/node | loopback KiB/s/node | CPU %/node | RSS MiB/node (shared) | false failures |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut notes = Vec::new();
         for (system, cell) in &cells {
             let ok = cell.ok().count();
@@ -119,9 +123,10 @@ pub fn tables(results: &[RunResult], sizes: &[usize], systems: &[String]) -> Str
             let _ =
                 writeln!(
                 out,
-                "| {system} | {ok}/{} | {} | {detect} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {system} | {ok}/{} | {} | {} | {detect} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell.runs.len(),
                 num(cell.converge(), 2),
+                amount(cell.connections()),
                 num(cell.value(), 2),
                 amount(cell.bytes_out().map(|b| b / KIB)),
                 amount(cell.med(|r| (r.steady_s > 0.0).then_some(r.bytes_in_per_node / KIB))),
@@ -297,10 +302,14 @@ mod tests {
     fn tables_show_medians_ratios_and_failures() {
         let mut broken = run("foca", 1.0, 1.0);
         broken.error = Some("did not finish within 5s: stopped".into());
+        let with_connections = |mut r: RunResult, per_node: f64| {
+            r.connections_per_node = Some(per_node);
+            r
+        };
         let results = [
-            run("chorus-quic", 3.0, 2048.0),
-            run("chorus-quic", 5.0, 4096.0),
-            run("chorus-quic", 4.0, 3072.0),
+            with_connections(run("chorus-quic", 3.0, 2048.0), 10.0),
+            with_connections(run("chorus-quic", 5.0, 4096.0), 30.0),
+            with_connections(run("chorus-quic", 4.0, 3072.0), 20.0),
             run("chitchat", 8.0, 3072.0),
             broken,
         ];
@@ -310,10 +319,11 @@ mod tests {
             .collect();
         let text = tables(&results, &[10], &systems);
         assert!(
-            text.contains("| chorus-quic | 3/3 | 2.00 | 3.00 / 4.00 / 5.00 |"),
+            text.contains("| chorus-quic | 3/3 | 2.00 | 20.0 | 3.00 / 4.00 / 5.00 |"),
             "{text}"
         );
         assert!(text.contains("| 3.00 |"), "KiB/s median: {text}");
+        assert!(text.contains("| chitchat | 1/1 | 2.00 | — |"), "{text}");
         assert!(text.contains("| foca | 0/1 | — |"), "{text}");
         assert!(
             text.contains("foca: did not finish within 5s: stopped"),

@@ -33,6 +33,8 @@ pub struct NetTotals {
     pub bytes_received: u64,
     pub messages_sent: u64,
     pub messages_received: u64,
+    /// Connections set up (QUIC: one handshake each), counted at both ends.
+    pub connections_opened: u64,
 }
 
 /// A cluster of one system, driven by the scenario.
@@ -75,6 +77,9 @@ pub struct RunResult {
     /// Until the last node saw all N alive, from the launch of the last node.
     pub converge_s: Option<f64>,
     pub converged: usize,
+    /// Connections each node took part in setting up until convergence (both ends count),
+    /// for transports with connections.
+    pub connections_per_node: Option<f64>,
     /// Over the observers of the crash (N-1 of them).
     pub detect: Option<Spread>,
     pub detect_missed: usize,
@@ -168,6 +173,8 @@ pub async fn run<C: Cluster>(
         ));
         None
     };
+    let opened = cluster.net().await.connections_opened;
+    result.connections_per_node = (opened > 0).then(|| opened as f64 / n as f64);
 
     tokio::time::sleep(timings.settle).await;
     say(result, "steady window");

@@ -441,6 +441,7 @@ impl Cluster for SwimCluster {
             bytes_received: c.bytes_received.load(Ordering::Relaxed),
             messages_sent: c.messages_sent.load(Ordering::Relaxed),
             messages_received: c.messages_received.load(Ordering::Relaxed),
+            connections_opened: 0,
         }
     }
 

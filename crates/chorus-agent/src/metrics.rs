@@ -16,6 +16,7 @@
 //! | `chorus_net_stale_received_total` | counter | messages dropped unread: they waited too long for chitchat (QUIC) |
 //! | `chorus_net_failed_handshakes_total` | counter | TLS or hello failures |
 //! | `chorus_net_rejected_peers_total` | counter | peers refused at hello |
+//! | `chorus_net_connections_opened_total` | counter | connections set up, dialed or accepted: one TLS handshake each (QUIC) |
 //! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
 //! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
 
@@ -72,7 +73,7 @@ pub struct Metrics {
 }
 
 /// One counter per field of [`NetStats`].
-const NET_COUNTERS: usize = 9;
+const NET_COUNTERS: usize = 10;
 
 /// The heartbeat-age gauge of each peer, held so that a refresh looks no label up, with the
 /// refresh that last set it.
@@ -95,6 +96,7 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
         stale_received,
         failed_handshakes,
         rejected_peers,
+        connections_opened,
     } = *s;
     [
         ("net_bytes_sent", "Gossip payload bytes sent", bytes_sent),
@@ -133,6 +135,11 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
             "net_rejected_peers",
             "Peers refused at hello",
             rejected_peers,
+        ),
+        (
+            "net_connections_opened",
+            "Connections set up, dialed or accepted (one TLS handshake each)",
+            connections_opened,
         ),
     ]
 }

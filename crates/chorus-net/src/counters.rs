@@ -34,6 +34,9 @@ pub struct NetStats {
     pub failed_handshakes: u64,
     /// Peers refused at hello, by us or by them.
     pub rejected_peers: u64,
+    /// Connections that passed TLS and the hello, dialed or accepted (QUIC
+    /// only): each cost a handshake.
+    pub connections_opened: u64,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +50,7 @@ struct Inner {
     stale_received: AtomicU64,
     failed_handshakes: AtomicU64,
     rejected_peers: AtomicU64,
+    connections_opened: AtomicU64,
 }
 
 /// Shared, lock-free transport counters. Cloning shares the same counters.
@@ -79,6 +83,7 @@ impl NetCounters {
             stale_received: load(&i.stale_received),
             failed_handshakes: load(&i.failed_handshakes),
             rejected_peers: load(&i.rejected_peers),
+            connections_opened: load(&i.connections_opened),
         }
     }
 
@@ -117,6 +122,10 @@ impl NetCounters {
     pub(crate) fn rejected_peer(&self) {
         bump(&self.inner.rejected_peers, 1);
     }
+
+    pub(crate) fn connection_opened(&self) {
+        bump(&self.inner.connections_opened, 1);
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +145,7 @@ mod tests {
         b.stale_received();
         b.failed_handshake();
         b.rejected_peer();
+        b.connection_opened();
         let s = a.snapshot();
         assert_eq!(
             s,
@@ -149,6 +159,7 @@ mod tests {
                 stale_received: 1,
                 failed_handshakes: 1,
                 rejected_peers: 1,
+                connections_opened: 1,
             }
         );
         let json = serde_json::to_value(s).unwrap();

@@ -319,4 +319,8 @@ impl Socket for FaultySocket {
             }
         }
     }
+
+    fn connected_peers(&self) -> Option<HashSet<SocketAddr>> {
+        self.inner.connected_peers()
+    }
 }

@@ -416,3 +416,47 @@ async fn messages_that_waited_too_long_are_dropped_on_both_sides() {
     assert_eq!(hasty.counters().snapshot().messages_sent, 0);
     assert_silent(&mut socket_patient, QUIET).await;
 }
+
+/// What gossip prefers (chitchat's `Socket::connected_peers`): peers with a connection, dialed
+/// or accepted, or a dial in progress; not once the connection is gone.
+#[tokio::test]
+async fn connected_peers_are_those_a_message_costs_no_handshake() {
+    let ca = ClusterCa::generate("connected").unwrap();
+    let tuning = chorus_net::QuicTuning {
+        connect_timeout: Duration::from_millis(500),
+        ..fast_tuning()
+    };
+    let a = QuicTransport::new(quic_config(&ca, "a").with_tuning(tuning));
+    let b = quic(&ca, "b");
+    let (addr_a, addr_b, silent) = (free_addr(), free_addr(), free_addr());
+    let mut socket_a = a.open(addr_a).await.unwrap();
+    let mut socket_b = b.open(addr_b).await.unwrap();
+    // Nothing listens on `silent`: its dial counts while it lasts (until the connect timeout).
+    let _silent = std::net::UdpSocket::bind(silent).unwrap();
+    let connected = |s: &dyn chitchat::transport::Socket| s.connected_peers().unwrap();
+    assert!(connected(socket_a.as_ref()).is_empty());
+
+    socket_a.send(addr_b, syn("hello")).await.unwrap();
+    assert_eq!(recv(&mut socket_b).await.0, addr_a);
+    assert!(connected(socket_a.as_ref()).contains(&addr_b));
+    assert!(
+        connected(socket_b.as_ref()).contains(&addr_a),
+        "the accepting side"
+    );
+
+    socket_a.send(silent, syn("void")).await.unwrap();
+    eventually("a dial in progress counts", || {
+        connected(socket_a.as_ref()).contains(&silent)
+    })
+    .await;
+    eventually("a failed dial does not", || {
+        !connected(socket_a.as_ref()).contains(&silent)
+    })
+    .await;
+
+    drop(socket_b);
+    eventually("a closed connection does not", || {
+        !connected(socket_a.as_ref()).contains(&addr_b)
+    })
+    .await;
+}

@@ -189,6 +189,7 @@ pub(crate) async fn dial(
     endpoint: &Endpoint,
     to: SocketAddr,
 ) -> Option<Connection> {
+    let _dialing = shared.dialing(to);
     let connecting = match endpoint.connect(to, TLS_SERVER_NAME) {
         Ok(connecting) => connecting,
         Err(err) => {

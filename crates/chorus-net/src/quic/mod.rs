@@ -27,6 +27,10 @@
 //!   longer backoff after a hello refusal). Messages that cannot be sent, or
 //!   waited over [`QuicTuning::max_message_age`], are counted in
 //!   `dropped_sends`.
+//! - `connected_peers` (chitchat's `Socket` method, in chorus's copy) lists the
+//!   peers with a live connection or a dial in progress. Gossip prefers them,
+//!   so a fresh cluster sets up a few connections per node, not a full mesh,
+//!   while it starts (vendor/chitchat/CHORUS.md, change 6).
 //! - Received messages wait for chitchat in a bounded inbox; one that waited
 //!   over `max_message_age` is dropped unread (`stale_received`).
 //! - `recv` never fails: bad peers, bad streams and I/O errors are counted and

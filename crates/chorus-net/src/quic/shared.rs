@@ -1,6 +1,6 @@
 //! State shared by a socket's tasks, and serving established connections.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -26,6 +26,18 @@ pub(crate) type Arrival = (Instant, SocketAddr, ChitchatMessage);
 /// Entries kept in the per-address maps before expired ones are pruned.
 const PRUNE_THRESHOLD: usize = 1024;
 
+/// A dial in progress, see [`Shared::dialing`].
+pub(crate) struct Dialing {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl Drop for Dialing {
+    fn drop(&mut self) {
+        self.shared.dialing.lock().remove(&self.addr);
+    }
+}
+
 /// Everything the socket's tasks share (but not the endpoint, so that these
 /// tasks never keep the UDP port bound).
 pub(crate) struct Shared {
@@ -38,6 +50,8 @@ pub(crate) struct Shared {
     inbox: mpsc::Sender<Arrival>,
     /// Established (hello passed) connections by peer gossip address.
     conns: Mutex<HashMap<SocketAddr, Connection>>,
+    /// Peers we are dialing now.
+    dialing: Mutex<HashSet<SocketAddr>>,
     /// Peers refused at hello (either way): no dialing until the instant.
     refused_until: Mutex<HashMap<SocketAddr, Instant>>,
     /// Last authentication-failure warning per address.
@@ -61,6 +75,7 @@ impl Shared {
             local_hello,
             inbox,
             conns: Mutex::default(),
+            dialing: Mutex::default(),
             refused_until: Mutex::default(),
             auth_warned: Mutex::default(),
         }
@@ -79,8 +94,32 @@ impl Shared {
         }
     }
 
+    /// Peers with a live connection or a dial in progress: gossip to them
+    /// costs no new handshake.
+    pub(crate) fn connected_peers(&self) -> HashSet<SocketAddr> {
+        let mut peers: HashSet<SocketAddr> = self
+            .conns
+            .lock()
+            .iter()
+            .filter(|(_, conn)| conn.close_reason().is_none())
+            .map(|(addr, _)| *addr)
+            .collect();
+        peers.extend(self.dialing.lock().iter().copied());
+        peers
+    }
+
+    /// Marks `addr` as being dialed until the returned guard drops.
+    pub(crate) fn dialing(self: &Arc<Self>, addr: SocketAddr) -> Dialing {
+        self.dialing.lock().insert(addr);
+        Dialing {
+            shared: self.clone(),
+            addr,
+        }
+    }
+
     /// Registers `conn` for `addr` and serves it until it closes.
     pub(crate) fn adopt(self: &Arc<Self>, addr: SocketAddr, conn: Connection, peer: Hello) {
+        self.counters.connection_opened();
         self.conns.lock().insert(addr, conn.clone());
         tokio::spawn(serve_connection(self.clone(), conn, addr, peer));
     }

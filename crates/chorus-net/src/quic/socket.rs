@@ -1,5 +1,6 @@
 //! The chitchat [`Socket`] over a quinn endpoint.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -145,6 +146,10 @@ impl Socket for QuicSocket {
         }
         // `shared` holds a sender for as long as we live: unreachable.
         std::future::pending().await
+    }
+
+    fn connected_peers(&self) -> Option<HashSet<SocketAddr>> {
+        Some(self.shared.connected_peers())
     }
 }
 

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
@@ -25,6 +26,13 @@ pub trait Socket: Send + Sync + 'static {
     // Only returns an error if the transport is broken and may not receive message
     // in the future.
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)>;
+    /// For a transport where reaching a new peer costs a handshake: the peers
+    /// it is connected (or connecting) to. Gossip then prefers them, see
+    /// `select_nodes_for_gossip`. `None` (the default): every peer costs the
+    /// same, and gossip picks uniformly.
+    fn connected_peers(&self) -> Option<HashSet<SocketAddr>> {
+        None
+    }
 }
 
 #[cfg(test)]
