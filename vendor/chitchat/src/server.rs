@@ -22,19 +22,24 @@ const GOSSIP_COUNT: usize = 3;
 
 /// Over a transport with connections (see `Socket::connected_peers`), a node
 /// with fewer connected live peers than this picks unconnected ones until it
-/// has them; with more, it gossips over the ones it has. A fresh cluster then
-/// sets up about this many connections per node instead of a full mesh, at
-/// the time it can least afford handshakes, and a random graph of this degree
-/// still spreads news in a few rounds.
+/// has them, and then gossips mostly over the ones it has. A fresh cluster
+/// then sets up a few connections per node, not a full mesh, at the time it
+/// can least afford handshakes; a random graph of this degree still spreads
+/// news in a few rounds.
 const MIN_CONNECTED_PEERS: usize = 6;
 
-/// Once a node has `MIN_CONNECTED_PEERS`, the chance per round that one pick
-/// is a peer it is not connected to: the overlay keeps mixing and, once the
-/// start is over, grows toward a full mesh a handshake at a time (as long as
-/// connections outlive the transport's idle timeout), which spreads heartbeats
-/// over more paths. At 0.1 crash detection 10 s after a 100-node start was
-/// slower than with no preference; at 0.3 it was not.
+/// Between `MIN_CONNECTED_PEERS` and `MAX_CONNECTED_PEERS`, the chance per
+/// round that one pick is a peer the node is not connected to yet: once the
+/// start is over the overlay grows, a handshake at a time, which spreads
+/// heartbeats over more paths and so detects failures sooner.
 const UNCONNECTED_PICK_PROBABILITY: f64 = 0.3;
+
+/// With this many connected live peers a node stops opening connections (it
+/// still replaces lost ones, and others may still connect to it). A
+/// connection per pair would cost handshakes for ever once pairs meet less
+/// often than the transport's idle timeout (about 500 nodes at a 400 ms
+/// interval), and at 100 nodes detected crashes no sooner than 40 per node.
+const MAX_CONNECTED_PEERS: usize = 40;
 
 /// UDP Chitchat server handler.
 ///
@@ -427,7 +432,8 @@ where
 }
 
 /// `GOSSIP_COUNT` of `candidates`, mostly connected ones: see
-/// `MIN_CONNECTED_PEERS` and `UNCONNECTED_PICK_PROBABILITY`.
+/// `MIN_CONNECTED_PEERS`, `UNCONNECTED_PICK_PROBABILITY` and
+/// `MAX_CONNECTED_PEERS`.
 fn sample_preferring_connected<R>(
     rng: &mut R,
     candidates: &HashSet<SocketAddr>,
@@ -441,8 +447,10 @@ where
         .partition(|addr| connected.contains(*addr));
     let wanted_cold = if warm.len() < MIN_CONNECTED_PEERS {
         MIN_CONNECTED_PEERS - warm.len()
-    } else {
+    } else if warm.len() < MAX_CONNECTED_PEERS {
         usize::from(rng.random_bool(UNCONNECTED_PICK_PROBABILITY))
+    } else {
+        0
     };
     // Fewer warm peers than picks: the rest are cold whatever the wish.
     let cold_count = wanted_cold
@@ -884,6 +892,25 @@ mod tests {
                 .contains(&share),
             "{share}"
         );
+    }
+
+    #[test]
+    fn test_gossip_opens_no_connection_past_max_connected() {
+        let live = local_addrs(10_001..10_101);
+        let connected = to_hash_set(live[..MAX_CONNECTED_PEERS].to_vec());
+        let mut rng = StdRng::seed_from_u64(11);
+        for _ in 0..500 {
+            let (nodes, _, _) = select_nodes_for_gossip(
+                &mut rng,
+                to_hash_set(live.clone()),
+                to_hash_set(live.clone()),
+                HashSet::new(),
+                HashSet::new(),
+                Some(&connected),
+            );
+            assert_eq!(nodes.len(), GOSSIP_COUNT);
+            assert!(nodes.iter().all(|n| connected.contains(n)), "{nodes:?}");
+        }
     }
 
     #[test]
