@@ -308,6 +308,7 @@ impl Server {
     /// Gossip to multiple randomly chosen nodes.
     async fn gossip_multiple(&mut self) {
         // Gossip with live nodes & probabilistically include a random dead node
+        let connected_peers = self.transport.connected_peers();
         let mut chitchat_guard = self.chitchat.lock().await;
         let cluster_state = chitchat_guard.cluster_state();
 
@@ -330,7 +331,6 @@ impl Server {
             .into_iter()
             .filter(|addr| *addr != chitchat_guard.self_chitchat_id().gossip_advertise_addr)
             .collect();
-        let connected_peers = self.transport.connected_peers();
         let (selected_nodes, random_dead_node_opt, random_seed_node_opt) = select_nodes_for_gossip(
             &mut self.rng,
             peer_nodes,
@@ -840,7 +840,8 @@ mod tests {
     fn test_gossip_opens_connections_until_min_connected() {
         let live = local_addrs(10_001..10_021);
         let mut rng = StdRng::seed_from_u64(11);
-        for connected_count in 0..MIN_CONNECTED_PEERS {
+        // Unconnected picks for 0 to 5 connected peers (MIN_CONNECTED_PEERS = 6).
+        for (connected_count, expected_cold) in [3, 3, 3, 3, 2, 1].into_iter().enumerate() {
             let connected = to_hash_set(live[..connected_count].to_vec());
             for _ in 0..50 {
                 let (nodes, _, _) = select_nodes_for_gossip(
@@ -853,13 +854,42 @@ mod tests {
                 );
                 assert_eq!(to_hash_set(nodes.clone()).len(), GOSSIP_COUNT);
                 let cold = nodes.iter().filter(|n| !connected.contains(*n)).count();
-                let wanted = (MIN_CONNECTED_PEERS - connected_count).min(GOSSIP_COUNT);
-                assert_eq!(
-                    cold,
-                    wanted.max(GOSSIP_COUNT.saturating_sub(connected_count))
-                );
+                assert_eq!(cold, expected_cold, "{connected_count} connected");
             }
         }
+    }
+
+    #[test]
+    fn test_gossip_at_startup_prefers_connected_known_nodes() {
+        // No live node yet: the candidates are the known ones.
+        let known = local_addrs(10_001..10_021);
+        let connected = to_hash_set(known[..MIN_CONNECTED_PEERS].to_vec());
+        let mut rng = StdRng::seed_from_u64(11);
+        let (nodes, _, _) = select_nodes_for_gossip(
+            &mut rng,
+            to_hash_set(known.clone()),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            Some(&connected),
+        );
+        assert_eq!(nodes.len(), GOSSIP_COUNT);
+        assert!(nodes.iter().filter(|n| !connected.contains(*n)).count() <= 1);
+    }
+
+    #[test]
+    fn test_gossip_with_no_candidates_picks_nobody() {
+        let connected = to_hash_set(local_addrs(10_001..10_010));
+        let mut rng = StdRng::seed_from_u64(11);
+        let (nodes, _, _) = select_nodes_for_gossip(
+            &mut rng,
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            Some(&connected),
+        );
+        assert!(nodes.is_empty());
     }
 
     #[test]

@@ -97,18 +97,21 @@ impl Shared {
     /// Peers with a live connection or a dial in progress: gossip to them
     /// costs no new handshake.
     pub(crate) fn connected_peers(&self) -> HashSet<SocketAddr> {
-        let mut peers: HashSet<SocketAddr> = self
-            .conns
-            .lock()
-            .iter()
-            .filter(|(_, conn)| conn.close_reason().is_none())
-            .map(|(addr, _)| *addr)
-            .collect();
-        peers.extend(self.dialing.lock().iter().copied());
+        // Dials first: one that ends between the two reads is adopted before
+        // its mark goes, so it is seen in one or the other.
+        let mut peers: HashSet<SocketAddr> = self.dialing.lock().clone();
+        peers.extend(
+            self.conns
+                .lock()
+                .iter()
+                .filter(|(_, conn)| conn.close_reason().is_none())
+                .map(|(addr, _)| *addr),
+        );
         peers
     }
 
-    /// Marks `addr` as being dialed until the returned guard drops.
+    /// Marks `addr` as being dialed until the returned guard drops. A set,
+    /// not a count: the outbox dials an address from its one peer task.
     pub(crate) fn dialing(self: &Arc<Self>, addr: SocketAddr) -> Dialing {
         self.dialing.lock().insert(addr);
         Dialing {
