@@ -280,18 +280,15 @@ async fn run_child(exe: &std::path::Path, spec: &ChildSpec) -> anyhow::Result<St
         let status = child.wait().await?;
         found.with_context(|| format!("the run ended ({status}) without a result"))
     };
-    let outcome = tokio::time::timeout(bound, read).await;
-    match outcome {
+    match tokio::time::timeout(bound, read).await {
         Ok(result) => result,
         Err(_) => {
             let _ = child.kill().await;
-            match progress {
-                Some(progress) => anyhow::bail!(
-                    "did not finish within {bound:?}: stopped {}",
-                    progress.describe()
-                ),
-                None => anyhow::bail!("did not finish within {bound:?}: stopped"),
-            }
+            let how_far = progress.map(|p| format!(" {}", p.describe()));
+            anyhow::bail!(
+                "did not finish within {bound:?}: stopped{}",
+                how_far.unwrap_or_default()
+            )
         }
     }
 }

@@ -12,7 +12,7 @@ use chorus_net::quic::PEER_QUEUE_CAPACITY;
 use chorus_net::{ClusterCa, HelloTemplate, NodeIdentity, QuicConfig, QuicTransport, TlsMode};
 use common::{
     assert_silent, big_syn_bytes, decode, eventually, fast_tuning, free_addr, quic, quic_config,
-    recv, syn, wire, Refusals,
+    quic_tuned, recv, syn, wire, Refusals,
 };
 
 const QUIET: Duration = Duration::from_millis(500);
@@ -370,8 +370,8 @@ async fn sending_after_the_idle_timeout_redials() {
         idle_timeout: Duration::from_millis(200),
         ..fast_tuning()
     };
-    let a = QuicTransport::new(quic_config(&ca, "a").with_tuning(tuning.clone()));
-    let b = QuicTransport::new(quic_config(&ca, "b").with_tuning(tuning));
+    let a = quic_tuned(&ca, "a", tuning.clone());
+    let b = quic_tuned(&ca, "b", tuning);
     let (addr_a, addr_b) = (free_addr(), free_addr());
     let mut socket_a = a.open(addr_a).await.unwrap();
     let mut socket_b = b.open(addr_b).await.unwrap();
@@ -394,7 +394,7 @@ async fn messages_that_waited_too_long_are_dropped_on_both_sides() {
         ..fast_tuning()
     };
     let patient = quic(&ca, "patient");
-    let hasty = QuicTransport::new(quic_config(&ca, "hasty").with_tuning(impatient));
+    let hasty = quic_tuned(&ca, "hasty", impatient);
     let (addr_patient, addr_hasty) = (free_addr(), free_addr());
     let mut socket_patient = patient.open(addr_patient).await.unwrap();
     let mut socket_hasty = hasty.open(addr_hasty).await.unwrap();
@@ -426,7 +426,7 @@ async fn connected_peers_are_those_a_message_costs_no_handshake() {
         connect_timeout: Duration::from_secs(2),
         ..fast_tuning()
     };
-    let a = QuicTransport::new(quic_config(&ca, "a").with_tuning(tuning));
+    let a = quic_tuned(&ca, "a", tuning);
     let b = quic(&ca, "b");
     let (addr_a, addr_b, silent) = (free_addr(), free_addr(), free_addr());
     let mut socket_a = a.open(addr_a).await.unwrap();

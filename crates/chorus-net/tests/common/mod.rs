@@ -131,5 +131,10 @@ pub fn quic_config(ca: &ClusterCa, node: &str) -> QuicConfig {
 }
 
 pub fn quic(ca: &ClusterCa, node: &str) -> QuicTransport {
-    QuicTransport::new(quic_config(ca, node))
+    quic_tuned(ca, node, fast_tuning())
+}
+
+/// [`quic`] with other timeouts.
+pub fn quic_tuned(ca: &ClusterCa, node: &str, tuning: QuicTuning) -> QuicTransport {
+    QuicTransport::new(quic_config(ca, node).with_tuning(tuning))
 }
