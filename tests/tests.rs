@@ -14,6 +14,9 @@
 //!   `pick`/`drain` flags.
 //! - `leader_process.rs`: real processes: `kill -9` of the leader, failover time measured, a
 //!   scheduled task's lines show one node per epoch, never interleaved.
+//! - `faults.rs`: the agent's own faults: a data dir another agent holds (refused, exit 2,
+//!   nothing rewritten), a data dir that refuses writes (no leadership on an unsaved epoch,
+//!   `drain` refused), a gossip loop that stops (restarted once in place, then the agent stops).
 //! - `metrics.rs`: `--metrics-addr` over real HTTP: every documented metric name, values that
 //!   follow a crash.
 //! - `rolling.rs`: `scripts/rolling-restart.sh` over three real agents while `pick` is asked
@@ -40,6 +43,7 @@ mod support;
 mod bad_input;
 mod cluster;
 mod drain;
+mod faults;
 mod leader_process;
 mod metrics;
 mod netns;

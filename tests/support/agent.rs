@@ -183,6 +183,17 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts the agent and returns once its socket answers.
     pub async fn start(spec: AgentSpec) -> TestAgent {
+        let transport = spec.net.transport();
+        TestAgent::start_with(spec, transport).await
+    }
+
+    /// Starts the agent over `transport` instead of its spec's network (a test's own
+    /// wrapper); the spec's network still says when its address is free.
+    pub async fn start_on(spec: AgentSpec, transport: Arc<dyn Transport>) -> TestAgent {
+        TestAgent::start_with(spec, TransportChoice::Custom(transport)).await
+    }
+
+    async fn start_with(spec: AgentSpec, transport: TransportChoice) -> TestAgent {
         init_logging();
         wait_until(
             &format!("{}'s gossip address {} is free", spec.node_id, spec.addr),
@@ -193,11 +204,7 @@ impl TestAgent {
         let (stop, stopped) = oneshot::channel();
         // A dropped sender (a test that failed half way) crashes the agent.
         let shutdown = async move { stopped.await.unwrap_or(Stop::Crash) };
-        let task = tokio::spawn(chorus_agent::run(
-            spec.config(),
-            spec.net.transport(),
-            shutdown,
-        ));
+        let task = tokio::spawn(chorus_agent::run(spec.config(), transport, shutdown));
         let agent = TestAgent {
             spec,
             stop: Some(stop),
@@ -233,6 +240,16 @@ impl TestAgent {
     /// Whether `run` is still running (it ends on a stop, a leave, or a dead gossip loop).
     pub fn is_running(&self) -> bool {
         !self.task.is_finished()
+    }
+
+    /// Waits for an agent that ended by itself (see [`TestAgent::is_running`]) and returns
+    /// how it ended.
+    pub async fn join(mut self) -> Result<Exit, AgentError> {
+        let node = self.spec.node_id.clone();
+        tokio::time::timeout(SLOW, &mut self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{node} did not end within {SLOW:?}"))
+            .unwrap_or_else(|e| panic!("{node}'s task failed: {e}"))
     }
 
     /// Stops the agent and returns how it ended, with its spec for a restart.

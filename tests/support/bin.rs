@@ -263,6 +263,11 @@ impl ProcAgent {
         self.process = agent_process(&self.node_id, &self.args, log);
     }
 
+    /// The agent's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub fn socket_arg(&self) -> &str {
         self.socket.to_str().expect("temporary paths are UTF-8")
     }

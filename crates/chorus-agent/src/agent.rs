@@ -54,7 +54,7 @@ pub enum AgentError {
     Socket(#[from] server::ServerError),
     #[error("cannot start gossip on {addr}: {reason}")]
     Gossip { addr: SocketAddr, reason: String },
-    #[error("the gossip loop stopped ({0}); the agent cannot go on without gossip")]
+    #[error("the gossip loop stopped twice within a minute ({0}); the agent cannot go on without gossip")]
     GossipDied(String),
     #[error("cannot find an address to advertise: {0}; set --advertise")]
     Advertise(String),
@@ -68,6 +68,10 @@ pub enum AgentError {
         source: std::io::Error,
     },
 }
+
+/// A gossip loop that ends twice within this window stops the agent (exit code 4): a fault
+/// that comes back at once is not one a restart fixes.
+pub const GOSSIP_RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// How often `--insecure` reminds the operator.
 const INSECURE_WARN_EVERY: Duration = Duration::from_secs(5 * 60);
@@ -217,6 +221,9 @@ pub async fn run(
         panicked: false,
         node,
         chitchat,
+        transport,
+        last_gossip_restart: None,
+        persist_error: None,
         data_dir,
         persisted,
         events: events.clone(),
@@ -247,9 +254,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_load_sample: Option<Instant> = None;
     let mut last_insecure_warning = now();
-    let gossip_died = agent.chitchat.termination_watcher();
+    let mut gossip_died = Box::pin(agent.chitchat.termination_watcher());
     tokio::pin!(shutdown);
-    tokio::pin!(gossip_died);
 
     let outcome = loop {
         tokio::select! {
@@ -289,15 +295,18 @@ pub async fn run(
                         Ok(()) => Response::Done { message: format!("{node} forgotten") },
                         Err(e) => Response::Error { message: e.to_string() },
                     };
+                    agent.persist_error = None;
                     agent.step(now()).await;
+                    let response = match agent.persist_error.take() {
+                        Some(e) => Response::Error {
+                            message: format!("{node} forgotten here, but the roster could not be saved ({e}): it comes back after a restart"),
+                        },
+                        None => response,
+                    };
                     let _ = reply.send(response);
                 }
                 Input::SetState(state, reply) => {
-                    let changed = agent.node.handle_set_state(state);
-                    agent.step(now()).await;
-                    agent.persist();
-                    let message = if changed { format!("now {}", state.as_str()) } else { format!("already {}", state.as_str()) };
-                    let _ = reply.send(Response::Done { message });
+                    let _ = reply.send(agent.set_state(state).await);
                 }
                 Input::Leave(reply, written) => break Ok((Exit::Left, Some((reply, written)))),
             },
@@ -307,7 +316,10 @@ pub async fn run(
             },
             result = &mut gossip_died => {
                 let reason = match result { Ok(()) => "it exited".to_string(), Err(e) => format!("{e:#}") };
-                break Err(AgentError::GossipDied(reason));
+                if let Err(e) = agent.restart_gossip(now(), reason).await {
+                    break Err(e);
+                }
+                gossip_died = Box::pin(agent.chitchat.termination_watcher());
             }
         }
     };
@@ -362,6 +374,13 @@ struct Running {
     panicked: bool,
     node: Node,
     chitchat: ChitchatHandle,
+    /// Kept to open a new socket if the gossip loop has to be restarted.
+    transport: Arc<dyn Transport>,
+    /// When the gossip loop was last restarted: a second end within
+    /// [`GOSSIP_RESTART_WINDOW`] stops the agent.
+    last_gossip_restart: Option<Instant>,
+    /// The last failed data dir write since a request cleared it, for that request's answer.
+    persist_error: Option<String>,
     data_dir: DataDir,
     persisted: PersistedState,
     events: broadcast::Sender<WatchEvent>,
@@ -404,11 +423,13 @@ impl Running {
                 }
                 Effect::PersistRoster(entries) => {
                     self.persisted.roster = entries;
-                    self.persist();
+                    let _ = self.persist("roster");
                 }
                 Effect::PersistEpoch(epoch) => {
                     self.persisted.epoch = self.persisted.epoch.max(epoch);
-                    self.persist();
+                    if self.persist("epoch").is_ok() {
+                        self.node.handle_epoch_persisted(epoch);
+                    }
                 }
                 Effect::SplitBrain {
                     reachable,
@@ -437,17 +458,81 @@ impl Running {
         }
     }
 
-    fn persist(&mut self) {
+    /// Writes the state; a failure is alerted (`persist_failed`, naming `what`) and kept in
+    /// `persist_error` for the request being answered. The old file stays intact (atomic
+    /// write) and the next change tries again.
+    fn persist(&mut self, what: &str) -> Result<(), ()> {
         // `left` is how a run ends, not a state to come back in: a graceful stop must not
         // overwrite `draining` (the drain survives a restart until `resume`).
         let state = self.node.state();
         if state != NodeState::Left {
             self.persisted.state = Some(state);
         }
-        if let Err(e) = self.data_dir.save(&self.persisted) {
-            // The old file is intact (atomic write); the next change tries again.
-            tracing::error!(error = %e, "cannot persist state");
+        match self.data_dir.save(&self.persisted) {
+            Ok(()) => {
+                self.node.handle_persist_ok();
+                Ok(())
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.node.handle_persist_failed(what, &error);
+                self.persist_error = Some(error);
+                Err(())
+            }
         }
+    }
+
+    /// `drain` / `resume`: the new state is written to the data dir before it is published
+    /// or answered, so "now draining" always survives a restart; if it cannot be written the
+    /// state stays as it was and the client gets the error.
+    async fn set_state(&mut self, state: NodeState) -> Response {
+        let old = self.node.state();
+        if old == state {
+            return Response::Done {
+                message: format!("already {}", state.as_str()),
+            };
+        }
+        self.node.handle_set_state(state);
+        self.persist_error = None;
+        let saved = self.persist("state");
+        if saved.is_err() {
+            self.node.handle_set_state(old);
+            self.persisted.state = Some(old);
+        }
+        self.step(now()).await;
+        match (saved, self.persist_error.take()) {
+            (Ok(()), _) => Response::Done {
+                message: format!("now {}", state.as_str()),
+            },
+            (Err(()), e) => Response::Error {
+                message: format!(
+                    "cannot make this node {}: {}; it stays {}",
+                    state.as_str(),
+                    e.unwrap_or_default(),
+                    old.as_str()
+                ),
+            },
+        }
+    }
+
+    /// The gossip loop ended (an error, or a panic that no peer input should reach): start it
+    /// again over the same state, once; a second end within [`GOSSIP_RESTART_WINDOW`] stops
+    /// the agent.
+    async fn restart_gossip(&mut self, now: Instant, reason: String) -> Result<(), AgentError> {
+        if self
+            .last_gossip_restart
+            .is_some_and(|t| now.saturating_duration_since(t) < GOSSIP_RESTART_WINDOW)
+        {
+            return Err(AgentError::GossipDied(reason));
+        }
+        self.last_gossip_restart = Some(now);
+        self.chitchat
+            .respawn(self.transport.as_ref())
+            .await
+            .map_err(|e| AgentError::GossipDied(format!("{reason}; restart failed: {e:#}")))?;
+        self.node.handle_gossip_restarted(&reason);
+        self.apply_effects().await;
+        Ok(())
     }
 
     fn publish_view(&mut self, now: Instant) {
@@ -460,7 +545,7 @@ impl Running {
     async fn leave(&mut self, gossip_interval: Duration) {
         self.node.handle_leave();
         self.apply_effects().await;
-        self.persist();
+        let _ = self.persist("state");
         let others_up = self
             .node
             .members()

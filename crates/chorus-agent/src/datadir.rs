@@ -2,16 +2,27 @@
 //!
 //! Every write is atomic: a temporary file in the same directory, fsync, rename over the old
 //! file, fsync of the directory. A crash leaves the old file or the new one, never half of one.
+//!
+//! One agent at a time: [`DataDir::open`] takes an exclusive `flock` on `LOCK_FILE` before it
+//! reads or writes anything, and holds it for the agent's life (the kernel drops it when the
+//! process dies, however it dies). A second agent on the same directory is refused before it
+//! can touch the state of the first.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use chorus_core::member::NodeState;
 use chorus_core::roster::RosterEntry;
 use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
+/// Held locked (`flock`, exclusive) by the agent using the directory; holds its pid, for the
+/// message a second agent gets.
+pub const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -22,6 +33,10 @@ pub enum DataDirError {
     },
     #[error("data dir file {path} is corrupt ({reason}); move it away to start afresh")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "data dir {path} is in use by another agent{holder}; give each agent its own --data-dir"
+    )]
+    Locked { path: PathBuf, holder: String },
 }
 
 /// What is persisted. New fields must be `#[serde(default)]` so older files still load.
@@ -38,19 +53,56 @@ pub struct PersistedState {
     pub epoch: u64,
 }
 
+/// An open data dir, locked for this agent while any clone of it lives.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     dir: PathBuf,
+    _lock: Arc<Flock<File>>,
 }
 
 impl DataDir {
+    /// Creates the directory if needed and locks it; fails with [`DataDirError::Locked`]
+    /// while another agent holds it.
     pub fn open(dir: &Path) -> Result<DataDir, DataDirError> {
-        fs::create_dir_all(dir).map_err(|source| DataDirError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataDirError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                let holder = if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                };
+                return Err(DataDirError::Locked {
+                    path: dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err((_, errno)) => return Err(io(&lock_path)(errno.into())),
+        };
+        // The pid is only for the message above; the lock itself is the flock.
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()));
         Ok(DataDir {
             dir: dir.to_path_buf(),
+            _lock: Arc::new(lock),
         })
     }
 
@@ -74,7 +126,10 @@ impl DataDir {
     }
 
     pub fn save(&self, state: &PersistedState) -> Result<(), DataDirError> {
-        let bytes = serde_json::to_vec_pretty(state).expect("persisted state always serializes");
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| DataDirError::Corrupt {
+            path: self.dir.join(STATE_FILE),
+            reason: format!("cannot encode: {e}"),
+        })?;
         write_atomic(&self.dir, STATE_FILE, &bytes)
     }
 
@@ -92,7 +147,15 @@ impl DataDir {
             state.state = None;
         }
         state.node_id = node_id.to_string();
-        state.generation = (state.generation + 1).max(now_unix_ms);
+        // A generation at the top of its range cannot grow: refuse to start rather than wrap.
+        state.generation = state
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| DataDirError::Corrupt {
+                path: self.dir.join(STATE_FILE),
+                reason: "the generation cannot grow any more".into(),
+            })?
+            .max(now_unix_ms);
         self.save(&state)?;
         Ok(state)
     }
@@ -152,7 +215,42 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec![STATE_FILE.to_string()]);
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, vec![LOCK_FILE.to_string(), STATE_FILE.to_string()]);
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_lives_and_allowed_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = DataDir::open(tmp.path()).unwrap();
+        let clone = first.clone();
+        match DataDir::open(tmp.path()) {
+            Err(DataDirError::Locked { holder, .. }) => {
+                assert_eq!(holder, format!(" (pid {})", std::process::id()))
+            }
+            other => panic!("second open: {other:?}"),
+        }
+        drop(first);
+        assert!(
+            matches!(DataDir::open(tmp.path()), Err(DataDirError::Locked { .. })),
+            "a clone still holds it"
+        );
+        drop(clone);
+        DataDir::open(tmp.path()).expect("free once every clone is gone");
+    }
+
+    #[test]
+    fn a_generation_that_cannot_grow_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::open(tmp.path()).unwrap();
+        let mut s = dd.begin_generation("n1", 1).unwrap();
+        s.generation = u64::MAX;
+        dd.save(&s).unwrap();
+        assert!(matches!(
+            dd.begin_generation("n1", 1),
+            Err(DataDirError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -161,5 +259,20 @@ mod tests {
         fs::write(tmp.path().join(STATE_FILE), b"{not json").unwrap();
         let dd = DataDir::open(tmp.path()).unwrap();
         assert!(matches!(dd.load(), Err(DataDirError::Corrupt { .. })));
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes the state file holds, loading it never panics: it is a state or
+        /// a one-line `Corrupt` error.
+        #[test]
+        fn fuzz_state_file_loads_or_is_corrupt(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::write(tmp.path().join(STATE_FILE), &bytes).unwrap();
+            let dd = DataDir::open(tmp.path()).unwrap();
+            match dd.load() {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(!e.to_string().contains('\n')),
+            }
+        }
     }
 }

@@ -5,12 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chorus_agent::config::{parse_tag, Settings, TaskSettings};
+use chorus_agent::datadir::DataDirError;
 use chorus_agent::{logging, AgentError, Exit, Stop, TransportChoice};
 
 /// Exit code of `--panic-exit` when quorum is lost.
 pub const PANIC_EXIT_CODE: u8 = 3;
-/// Exit code of a bad flag, config file or setting.
+/// Exit code of a bad flag, config file or setting, and of a data dir another agent holds.
 pub const USAGE_EXIT_CODE: u8 = 2;
+/// Exit code of an agent whose gossip loop ended twice within a minute: restarting it at once
+/// would not help (a supervisor should wait, then start it again).
+pub const GOSSIP_EXIT_CODE: u8 = 4;
 use clap::Args;
 
 /// Agent flags; each may also be set in the `--config` TOML file under the same name
@@ -158,6 +162,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let exit = match chorus_agent::run(config, TransportChoice::FromConfig, shutdown_signal()).await
     {
         Err(AgentError::Panic) => return Ok(ExitCode::from(PANIC_EXIT_CODE)),
+        Err(e @ AgentError::DataDir(DataDirError::Locked { .. })) => {
+            eprintln!("chorus: {e}");
+            return Ok(ExitCode::from(USAGE_EXIT_CODE));
+        }
+        Err(e @ AgentError::GossipDied(_)) => {
+            eprintln!("chorus: {e}");
+            return Ok(ExitCode::from(GOSSIP_EXIT_CODE));
+        }
         other => other.context("agent failed")?,
     };
     match exit {

@@ -1,7 +1,8 @@
 //! `chorus`: the agent and the commands that talk to it.
 //!
 //! Exit codes: 0 success (or "yes"), 1 failure (or "no": `leader` with no leader, a missing
-//! agent), 2 bad usage, 3 the agent exited on quorum loss (`--panic-exit`).
+//! agent), 2 bad usage (and a data dir another agent holds), 3 the agent exited on quorum loss
+//! (`--panic-exit`), 4 the agent's gossip loop stopped twice within a minute.
 
 mod agent_cmd;
 mod keygen;

@@ -74,6 +74,17 @@ pub enum Alert {
     DualLeader {
         leaders: Vec<(NodeId, u64)>,
     },
+    /// The data dir refused a write: `what` was not remembered. A leadership whose epoch
+    /// could not be persisted is not taken; a request whose change could not be persisted
+    /// is answered with an error.
+    PersistFailed {
+        what: String,
+        error: String,
+    },
+    /// The gossip task ended and was started again in place (same generation and data).
+    GossipRestarted {
+        reason: String,
+    },
 }
 
 impl Alert {
@@ -91,6 +102,8 @@ impl Alert {
             Alert::NodeReaped { .. } => "node_reaped",
             Alert::LeaderChanged { .. } => "leader_changed",
             Alert::DualLeader { .. } => "dual_leader",
+            Alert::PersistFailed { .. } => "persist_failed",
+            Alert::GossipRestarted { .. } => "gossip_restarted",
         }
     }
 
@@ -104,8 +117,11 @@ impl Alert {
             | Alert::VersionRejected { .. }
             | Alert::SplitBrainSuspected { .. }
             | Alert::SplitBrainHealed { .. }
-            | Alert::LeaderChanged { .. } => Severity::Warn,
-            Alert::QuorumLost { .. } | Alert::DualLeader { .. } => Severity::Error,
+            | Alert::LeaderChanged { .. }
+            | Alert::GossipRestarted { .. } => Severity::Warn,
+            Alert::QuorumLost { .. } | Alert::DualLeader { .. } | Alert::PersistFailed { .. } => {
+                Severity::Error
+            }
         }
     }
 
@@ -198,6 +214,12 @@ impl fmt::Display for Alert {
                     .map(|(n, e)| format!("{n} (epoch {e})"))
                     .collect();
                 write!(f, "two leaders at once: {}", l.join(" and "))
+            }
+            Alert::PersistFailed { what, error } => {
+                write!(f, "cannot persist {what} to the data dir: {error}")
+            }
+            Alert::GossipRestarted { reason } => {
+                write!(f, "gossip stopped ({reason}) and was restarted")
             }
         }
     }

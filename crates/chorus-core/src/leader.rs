@@ -72,7 +72,8 @@ pub enum ElectionOutput {
         candidate: Option<NodeId>,
         seq: u64,
     },
-    /// Persist the epoch before anything else: a restart must never reuse it.
+    /// Persist the epoch before anything else: a restart must never reuse it. A proposal is
+    /// taken only once [`Election::epoch_persisted`] confirms it.
     PersistEpoch(u64),
     /// This node now leads with this epoch (publish `lead`, start tasks).
     Acquired {
@@ -106,6 +107,9 @@ pub struct Election {
     /// The epoch proposed for the leadership this node is about to take.
     proposed: Option<u64>,
     max_epoch: u64,
+    /// The largest epoch the data dir confirmed written: a leadership never uses an epoch
+    /// above it, so a restart can never reuse an epoch that was led with.
+    durable_epoch: u64,
     /// The sequence number of this node's vote, and when it was last published.
     vote_seq: u64,
     vote_published_at: Option<Instant>,
@@ -144,6 +148,7 @@ impl Election {
             leading: None,
             proposed: None,
             max_epoch: persisted_epoch,
+            durable_epoch: persisted_epoch,
             vote_seq: 0,
             vote_published_at: None,
             heard: BTreeMap::new(),
@@ -176,6 +181,11 @@ impl Election {
         self.max_epoch
     }
 
+    /// The data dir has written `epoch` (the answer to [`ElectionOutput::PersistEpoch`]).
+    pub fn epoch_persisted(&mut self, epoch: u64) {
+        self.durable_epoch = self.durable_epoch.max(epoch);
+    }
+
     /// The leader this node sees and its epoch.
     pub fn observed_leader(&self) -> Option<(&str, u64)> {
         self.observed.as_ref().map(|(n, e)| (n.as_str(), *e))
@@ -184,9 +194,12 @@ impl Election {
     pub fn step(&mut self, input: &ElectionInput<'_>) -> Vec<ElectionOutput> {
         let mut out = Vec::new();
         self.update_heard(input);
+        // Only counted members move the epoch: a rejected or unknown node (another version,
+        // a forged row) publishing 2^64-1 must not poison every later leadership.
         let seen_max = input
             .view
             .entries()
+            .filter(|(m, _)| counts_for_epoch(input, m))
             .filter_map(|(_, seen)| seen)
             .map(|s| s.epoch.max(s.lead.unwrap_or(0)))
             .max()
@@ -231,16 +244,27 @@ impl Election {
                     .max()
                     .unwrap_or(0);
                 let proposed = match self.proposed {
-                    Some(p) if p >= self.max_epoch && p > claimed => p,
+                    Some(p) if p >= self.max_epoch && p > claimed => {
+                        if p > self.durable_epoch {
+                            // The last write was refused: ask again until the data dir takes it.
+                            out.push(ElectionOutput::PersistEpoch(p));
+                        }
+                        p
+                    }
                     _ => {
-                        self.max_epoch += 1;
+                        // An epoch that cannot grow is never reused: refuse to lead instead.
+                        let Some(next) = self.max_epoch.checked_add(1) else {
+                            self.observe_leader(input, &mut out);
+                            return out;
+                        };
+                        self.max_epoch = next;
                         out.push(ElectionOutput::PersistEpoch(self.max_epoch));
                         out.push(ElectionOutput::MaxEpoch(self.max_epoch));
                         self.proposed = Some(self.max_epoch);
                         self.max_epoch
                     }
                 };
-                if self.has_majority(input, proposed) {
+                if proposed <= self.durable_epoch && self.has_majority(input, proposed) {
                     debug_assert!(
                         proposed >= seen_max && proposed > claimed,
                         "a leadership epoch is above every claim and never below an epoch seen"
@@ -472,6 +496,12 @@ fn is_up(input: &ElectionInput<'_>, id: &str) -> bool {
     id == input.self_id || input.view.get(id).is_some_and(|m| m.status.is_up())
 }
 
+/// Whether a member's published epoch and claim may raise this node's epoch: it is in the
+/// counted roster and compatible (never rejected).
+fn counts_for_epoch(input: &ElectionInput<'_>, m: &Member) -> bool {
+    m.is_self || (m.status != crate::member::Status::Rejected && input.roster.contains(&m.node_id))
+}
+
 /// Eligible by what the candidate itself published: in the roster, active, not tagged
 /// `leader=false`, compatible and not left. Says nothing about reachability.
 fn declared_eligible(input: &ElectionInput<'_>, member: Option<&Member>) -> bool {
@@ -603,6 +633,81 @@ mod tests {
             })
     }
 
+    /// One step of `n0` with every node voting for it and heard within the lease; `extra`
+    /// are more observations (nodes outside the roster, say).
+    fn step_unanimous(
+        e: &mut Election,
+        persisted: u64,
+        extra: &[Observation],
+    ) -> Vec<ElectionOutput> {
+        let t0 = Instant::now();
+        let now = t0 + LEASE;
+        let roster: BTreeSet<NodeId> = (0..3).map(id).collect();
+        let voter = |_| Facts {
+            vote: Some(0),
+            seq: 1,
+            live: true,
+            active: true,
+            epoch: persisted,
+            lead: None,
+        };
+        let mut obs: Vec<Observation> = (0..3).map(|i| observation(i, &voter(i), 1)).collect();
+        obs.extend_from_slice(extra);
+        let view = view_of(0, &obs, &roster, now);
+        e.vote = Vote::For(id(0));
+        for j in 1..3 {
+            e.heard
+                .insert(id(j), (Some(id(0)), 1, Some(now - LEASE / 2)));
+        }
+        let input = ElectionInput {
+            now,
+            self_id: &id(0),
+            view: &view,
+            roster: &roster_of(&roster),
+            counted: 3,
+            quorum: true,
+            self_state: NodeState::Active,
+        };
+        e.step(&input)
+    }
+
+    /// A node outside the counted roster (a forged row, another version's node) publishing
+    /// the largest epoch does not move this node's epoch: the next leadership proposes 1.
+    #[test]
+    fn epoch_is_moved_only_by_counted_members() {
+        let forged = Facts {
+            vote: None,
+            seq: 1,
+            live: true,
+            active: true,
+            epoch: u64::MAX,
+            lead: Some(u64::MAX),
+        };
+        let mut e = Election::new(Instant::now(), LEASE, 0);
+        let out = step_unanimous(&mut e, 0, &[observation(7, &forged, 1)]);
+        assert_eq!(e.max_epoch(), 1, "{out:?}");
+        assert!(out.contains(&ElectionOutput::PersistEpoch(1)), "{out:?}");
+    }
+
+    /// An epoch at the top of its range cannot grow: the node refuses to lead rather than
+    /// wrap to 0 and reuse an epoch.
+    #[test]
+    fn epoch_that_cannot_grow_refuses_to_lead() {
+        let mut e = Election::new(Instant::now(), LEASE, u64::MAX);
+        for _ in 0..3 {
+            let out = step_unanimous(&mut e, u64::MAX, &[]);
+            assert!(
+                !out.iter().any(|o| matches!(
+                    o,
+                    ElectionOutput::Acquired { .. } | ElectionOutput::PersistEpoch(_)
+                )),
+                "{out:?}"
+            );
+        }
+        assert_eq!(e.leading(), None);
+        assert_eq!(e.max_epoch(), u64::MAX);
+    }
+
     proptest! {
         /// In one snapshot of the cluster (every node sees the same votes, heard at the same
         /// times), for any roster, `--expect`, votes, liveness and states, at most one node
@@ -676,6 +781,7 @@ mod tests {
                 ),
                 1..80,
             ),
+            persist_ok in proptest::collection::vec(proptest::bool::weighted(0.8), 1..8),
         ) {
             let t0 = Instant::now();
             let mut now = t0;
@@ -742,14 +848,18 @@ mod tests {
                     match output {
                         ElectionOutput::PersistEpoch(p) => {
                             prop_assert!(p >= persisted_max, "persisted {p} after {persisted_max}");
-                            persisted_max = p;
+                            // The data dir may refuse a write: only a confirmed epoch is durable.
+                            if persist_ok[step % persist_ok.len()] {
+                                persisted_max = p;
+                                e.epoch_persisted(p);
+                            }
                         }
                         ElectionOutput::MaxEpoch(m) => {
                             prop_assert!(m >= max_epoch, "published {m} after {max_epoch}");
                             max_epoch = m;
                         }
                         ElectionOutput::Acquired { epoch } => {
-                            prop_assert!(epoch <= persisted_max, "{epoch} used before persisted");
+                            prop_assert!(epoch <= persisted_max, "{epoch} used before it was persisted");
                             prop_assert!(last_acquired.is_none_or(|l| epoch > l), "{epoch} after {last_acquired:?}");
                             prop_assert!(epoch > max_claim_seen, "{epoch} not above a claim of {max_claim_seen}");
                             last_acquired = Some(epoch);

@@ -73,7 +73,8 @@ pub enum Effect {
     Alert(Alert),
     /// Write the roster to the data dir (atomically).
     PersistRoster(Vec<RosterEntry>),
-    /// Write the largest epoch seen to the data dir, before acting on it.
+    /// Write the largest epoch seen to the data dir, then confirm it with
+    /// [`Node::handle_epoch_persisted`]: no leadership takes an unconfirmed epoch.
     PersistEpoch(u64),
     /// Quorum was just lost: run `--on-split-brain`, or exit with `--panic-exit`.
     SplitBrain {
@@ -131,6 +132,8 @@ pub struct Node {
     /// Kept current with the roster and the view: it is read on every tick and every status.
     quorum: quorum::QuorumAssessment,
     effects: VecDeque<Effect>,
+    /// The last data dir write failed (and was alerted).
+    persist_failing: bool,
 }
 
 impl Node {
@@ -170,6 +173,7 @@ impl Node {
             rejections: HashMap::new(),
             quorum,
             effects,
+            persist_failing: false,
         }
     }
 
@@ -346,6 +350,36 @@ impl Node {
 
     /// The transport refused a peer at its hello (another cluster or version). It is shown as
     /// `rejected` with the reason; the alert is raised on the next gossip call, once per reason.
+    /// The data dir wrote `epoch` (after [`Effect::PersistEpoch`]).
+    pub fn handle_epoch_persisted(&mut self, epoch: u64) {
+        self.election.epoch_persisted(epoch);
+    }
+
+    /// The data dir refused to write `what`: say so loudly, once per run of failures.
+    /// Leadership waits for a confirmed epoch, so a failed epoch write never leads.
+    pub fn handle_persist_failed(&mut self, what: &str, error: &str) {
+        if !self.persist_failing {
+            self.persist_failing = true;
+            self.effects.push_back(Effect::Alert(Alert::PersistFailed {
+                what: what.to_string(),
+                error: error.to_string(),
+            }));
+        }
+    }
+
+    /// The data dir took a write: the next failure is news again.
+    pub fn handle_persist_ok(&mut self) {
+        self.persist_failing = false;
+    }
+
+    /// The agent's gossip loop ended and was started again over the same state.
+    pub fn handle_gossip_restarted(&mut self, reason: &str) {
+        self.effects
+            .push_back(Effect::Alert(Alert::GossipRestarted {
+                reason: reason.to_string(),
+            }));
+    }
+
     pub fn handle_refused_peer(
         &mut self,
         now: Instant,

@@ -163,18 +163,7 @@ pub async fn spawn_chitchat(
 
     let chitchat = Chitchat::with_chitchat_id_and_seeds(config, seed_addrs, initial_key_values);
     let chitchat_arc = Arc::new(Mutex::new(chitchat));
-    let chitchat_arc_clone = chitchat_arc.clone();
-
-    let (termination_watcher_sender, termination_watcher) = watch::channel(None);
-    let join_handle = tokio::spawn(async move {
-        let result = Server::new(command_rx, chitchat_arc_clone, socket)
-            .await
-            .run()
-            .await;
-        let cloned_result = result.as_ref().map(|_| ()).map_err(|err| err.to_string());
-        let _ = termination_watcher_sender.send(Some(cloned_result));
-        result
-    });
+    let (join_handle, termination_watcher) = spawn_server(command_rx, chitchat_arc.clone(), socket);
 
     Ok(ChitchatHandle {
         chitchat_id,
@@ -185,7 +174,58 @@ pub async fn spawn_chitchat(
     })
 }
 
+/// Runs the gossip loop over `chitchat` as a task; the watcher learns how it ended.
+#[allow(clippy::type_complexity)]
+fn spawn_server(
+    command_rx: UnboundedReceiver<Command>,
+    chitchat: Arc<Mutex<Chitchat>>,
+    socket: Box<dyn Socket>,
+) -> (
+    JoinHandle<Result<(), anyhow::Error>>,
+    watch::Receiver<Option<Result<(), String>>>,
+) {
+    let (termination_watcher_sender, termination_watcher) = watch::channel(None);
+    let join_handle = tokio::spawn(async move {
+        let result = Server::new(command_rx, chitchat, socket).await.run().await;
+        let cloned_result = result.as_ref().map(|_| ()).map_err(|err| err.to_string());
+        let _ = termination_watcher_sender.send(Some(cloned_result));
+        result
+    });
+    (join_handle, termination_watcher)
+}
+
+/// How long [`ChitchatHandle::respawn`] keeps trying to open the socket again: a transport
+/// may release its port a little after the old socket is dropped.
+const RESPAWN_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl ChitchatHandle {
+    /// Starts the gossip loop again over the same state (same node id, generation, keys and
+    /// versions, same view of the cluster) after it ended or panicked, on a freshly opened
+    /// socket. Peers see nothing but a short silence.
+    pub async fn respawn(&mut self, transport: &dyn Transport) -> anyhow::Result<()> {
+        self.join_handle.abort();
+        let listen_addr = self.chitchat.lock().await.config.listen_addr;
+        let deadline = time::Instant::now() + RESPAWN_OPEN_TIMEOUT;
+        let mut wait = Duration::from_millis(10);
+        let socket = loop {
+            match transport.open(listen_addr).await {
+                Ok(socket) => break socket,
+                Err(err) if time::Instant::now() + wait > deadline => return Err(err),
+                Err(_) => {
+                    time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+            }
+        };
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let (join_handle, termination_watcher) =
+            spawn_server(command_rx, self.chitchat.clone(), socket);
+        self.command_tx = command_tx;
+        self.join_handle = join_handle;
+        self.termination_watcher = termination_watcher;
+        Ok(())
+    }
+
     pub fn chitchat_id(&self) -> &ChitchatId {
         &self.chitchat_id
     }
@@ -1058,5 +1098,57 @@ mod tests {
         let err = server_handle.termination_watcher().await.unwrap_err();
         assert_eq!(err.to_string(), "Chitchat server panicked");
         server_handle.shutdown().await.unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn test_respawn_after_panic_keeps_the_state_and_gossips_again() {
+        let transport = ChannelTransport::with_mtu(MAX_UDP_DATAGRAM_PAYLOAD_SIZE);
+        let mut test_transport = transport
+            .open(
+                ChitchatConfig::for_test(1)
+                    .chitchat_id
+                    .gossip_advertise_addr,
+            )
+            .await
+            .unwrap();
+        let server_config = ChitchatConfig::for_test(2);
+        let server_id = server_config.chitchat_id.clone();
+        let server_addr = server_id.gossip_advertise_addr;
+        let mut server_handle = spawn_chitchat(
+            server_config,
+            vec![("kept".to_string(), "yes".to_string())],
+            &transport,
+        )
+        .await
+        .unwrap();
+        test_transport
+            .send(server_addr, ChitchatMessage::PanicForTest)
+            .await
+            .unwrap();
+        server_handle.termination_watcher().await.unwrap_err();
+
+        server_handle.respawn(&transport).await.unwrap();
+        let (kept, heartbeat) = server_handle
+            .with_chitchat(|c| {
+                let state = c.self_node_state();
+                (state.get("kept").map(str::to_string), state.heartbeat())
+            })
+            .await;
+        assert_eq!(kept.as_deref(), Some("yes"));
+        // The same state answers a SYN again, with its keys and heartbeat unchanged.
+        let syn = server_handle
+            .with_chitchat(|c| ChitchatMessage::Syn {
+                cluster_id: c.cluster_id().to_string(),
+                digest: crate::Digest::default(),
+            })
+            .await;
+        test_transport.send(server_addr, syn).await.unwrap();
+        let (_, reply) = test_transport.recv().await.unwrap();
+        let ChitchatMessage::SynAck { digest, .. } = reply else {
+            panic!("expected a SynAck, got {reply:?}");
+        };
+        let own = &digest.node_digests[&server_id];
+        assert!(own.heartbeat >= heartbeat, "{own:?} after {heartbeat:?}");
+        server_handle.shutdown().await.unwrap();
     }
 }

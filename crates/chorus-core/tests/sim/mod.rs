@@ -909,6 +909,7 @@ impl Sim {
                         slot.disk.epoch
                     );
                     slot.disk.epoch = e;
+                    run.node.handle_epoch_persisted(e);
                 }
                 Effect::SplitBrain { .. } => self.journal.panics.push((now, i)),
                 Effect::LeadershipAcquired { epoch } => {
