@@ -12,6 +12,7 @@
 //! - [`quorum`]: majority / minority / forming, with the keep-majority tie-break.
 //! - [`split`]: failures and quorum changes -> `split_brain_suspected`, `quorum_lost`, ...
 //! - [`leader`]: the quorum lease over gossip that elects one leader with a fencing epoch.
+//! - [`consensus`]: Raft among a few voters: the leader, its lease and fencing epoch.
 //! - [`load`]: when load is worth re-publishing.
 //! - [`placement`]: `pick`: which node takes the next new session.
 //! - [`alert`]: what happened, as data (the agent logs it as `alert=<kind>`).
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod consensus;
 pub mod fingerprint;
 pub mod leader;
 pub mod load;
