@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chorus_net::tls::TLS_SERVER_NAME;
 use chorus_net::{ClusterCa, Hello, HelloTemplate, NodeIdentity, TlsMode};
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{Connection, Endpoint};
+use quinn::{Connection, Endpoint, RecvStream};
 
 use super::DEADLINE;
 
@@ -39,20 +39,45 @@ pub async fn hello_as(
     claimed: &str,
     target: SocketAddr,
 ) -> (Connection, Hello) {
-    let conn = tokio::time::timeout(DEADLINE, endpoint.connect(target, TLS_SERVER_NAME).unwrap())
-        .await
-        .expect("handshake timed out")
-        .expect("handshake failed");
-    let hello = HelloTemplate::new(ca.cluster_name(), claimed, "fingerprint-1")
-        .to_hello(endpoint.local_addr().unwrap());
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello.encode().unwrap()).await.unwrap();
-    send.finish().unwrap();
+    let gossip_addr = endpoint.local_addr().unwrap();
+    hello_claiming(ca, endpoint, claimed, gossip_addr, target).await
+}
+
+/// [`hello_as`], announcing `gossip_addr` as the gossip address.
+pub async fn hello_claiming(
+    ca: &ClusterCa,
+    endpoint: &Endpoint,
+    claimed: &str,
+    gossip_addr: SocketAddr,
+    target: SocketAddr,
+) -> (Connection, Hello) {
+    let (conn, mut recv) = send_hello(ca, endpoint, claimed, gossip_addr, target).await;
     let reply = recv
         .read_to_end(chorus_net::quic::MAX_HELLO_SIZE)
         .await
         .unwrap();
     (conn, Hello::decode(&reply).unwrap())
+}
+
+/// Connects and sends a hello claiming `claimed` at `gossip_addr`; returns
+/// the connection and the stream the target's hello comes on.
+pub async fn send_hello(
+    ca: &ClusterCa,
+    endpoint: &Endpoint,
+    claimed: &str,
+    gossip_addr: SocketAddr,
+    target: SocketAddr,
+) -> (Connection, RecvStream) {
+    let conn = tokio::time::timeout(DEADLINE, endpoint.connect(target, TLS_SERVER_NAME).unwrap())
+        .await
+        .expect("handshake timed out")
+        .expect("handshake failed");
+    let hello =
+        HelloTemplate::new(ca.cluster_name(), claimed, "fingerprint-1").to_hello(gossip_addr);
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello.encode().unwrap()).await.unwrap();
+    send.finish().unwrap();
+    (conn, recv)
 }
 
 /// Connects and passes the hello like a real member `node` on `ip` would.
