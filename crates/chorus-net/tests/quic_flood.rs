@@ -61,22 +61,51 @@ async fn a_member_restarting_during_a_handshake_flood_rejoins() {
     let (target_addr, member_addr) = (free_addr(), free_addr());
     let mut target_socket = target.open(target_addr).await.unwrap();
     let mut member_socket = member.open(member_addr).await.unwrap();
-    deliver(&mut member_socket, member_addr, &mut target_socket, target_addr, "hi").await;
-    deliver(&mut target_socket, target_addr, &mut member_socket, member_addr, "hi back").await;
+    deliver(
+        &mut member_socket,
+        member_addr,
+        &mut target_socket,
+        target_addr,
+        "hi",
+    )
+    .await;
+    deliver(
+        &mut target_socket,
+        target_addr,
+        &mut member_socket,
+        member_addr,
+        "hi back",
+    )
+    .await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let flooding = tokio::spawn(flood(target_addr, stop.clone()));
     let counters = target.counters().clone();
-    eventually("the flood to take every slot open to unknown sources", || {
-        counters.snapshot().handshakes_refused > 0
-    })
+    eventually(
+        "the flood to take every slot open to unknown sources",
+        || counters.snapshot().handshakes_refused > 0,
+    )
     .await;
 
     drop(member_socket);
     let mut member_socket = reopen(&member, member_addr).await;
     let restarted = Instant::now();
-    deliver(&mut member_socket, member_addr, &mut target_socket, target_addr, "back").await;
-    deliver(&mut target_socket, target_addr, &mut member_socket, member_addr, "welcome").await;
+    deliver(
+        &mut member_socket,
+        member_addr,
+        &mut target_socket,
+        target_addr,
+        "back",
+    )
+    .await;
+    deliver(
+        &mut target_socket,
+        target_addr,
+        &mut member_socket,
+        member_addr,
+        "welcome",
+    )
+    .await;
     let took = restarted.elapsed();
 
     stop.store(true, Ordering::Relaxed);
@@ -91,7 +120,8 @@ async fn a_member_restarting_during_a_handshake_flood_rejoins() {
     // Every flood handshake that got a slot still holds it: unknown sources
     // hold at most what is not reserved, and the rest was turned away.
     let open_to_unknown = (MAX_PENDING_HANDSHAKES - RESERVED_FOR_KNOWN) as u64;
-    let turned_away = stats.handshakes_retried + stats.handshakes_throttled + stats.handshakes_refused;
+    let turned_away =
+        stats.handshakes_retried + stats.handshakes_throttled + stats.handshakes_refused;
     assert!(
         turned_away + open_to_unknown >= flooders as u64,
         "{flooders} flood handshakes, {turned_away} turned away"

@@ -308,9 +308,8 @@ async fn a_key_holder_answering_as_another_node_is_refused_by_the_dialer() {
     // A raw server holding a certificate for "rogue" that says it is "friend".
     let rogue = NodeIdentity::mint(&ca, "rogue").unwrap();
     let server_tls = TlsMode::Mutual(rogue).server_config().unwrap();
-    let server_config = quinn::ServerConfig::with_crypto(Arc::new(
-        QuicServerConfig::try_from(server_tls).unwrap(),
-    ));
+    let server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
     let server = Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = server.local_addr().unwrap();
     dialer_socket.send(server_addr, syn("x")).await.unwrap();
@@ -323,7 +322,8 @@ async fn a_key_holder_answering_as_another_node_is_refused_by_the_dialer() {
     let (mut send, mut recv) = conn.accept_bi().await.unwrap();
     let their_hello = Hello::decode(&recv.read_to_end(MAX_HELLO_SIZE).await.unwrap()).unwrap();
     assert_eq!(their_hello.node_id, "dialer");
-    let lie = HelloTemplate::new(ca.cluster_name(), "friend", "fingerprint-1").to_hello(server_addr);
+    let lie =
+        HelloTemplate::new(ca.cluster_name(), "friend", "fingerprint-1").to_hello(server_addr);
     send.write_all(&lie.encode().unwrap()).await.unwrap();
     send.finish().unwrap();
 
@@ -337,7 +337,10 @@ async fn a_key_holder_answering_as_another_node_is_refused_by_the_dialer() {
     .await;
     let refused = refusals.list();
     assert_eq!(refused.len(), 1);
-    assert_eq!((refused[0].node_id.as_str(), refused[0].by_us), ("rogue", true));
+    assert_eq!(
+        (refused[0].node_id.as_str(), refused[0].by_us),
+        ("rogue", true)
+    );
     assert_silent(&mut dialer_socket, QUIET).await;
 }
 
