@@ -11,7 +11,9 @@
 //! either limit fails, and the caller stops the stream.
 //!
 //! With at most [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) connections, the
-//! socket holds at most [`MAX_BUFFERED_BYTES`] this way.
+//! socket holds at most [`MAX_BUFFERED_BYTES`] this way. A connection that
+//! closes stops its reads at once; only its messages already waiting for
+//! chitchat keep their share, for at most `QuicTuning::max_message_age`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

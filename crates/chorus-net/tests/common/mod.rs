@@ -72,8 +72,13 @@ pub fn decode(bytes: &[u8]) -> ChitchatMessage {
 }
 
 /// Polls `cond` until it holds, failing the test after [`DEADLINE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, DEADLINE, cond).await
+}
+
+/// Polls `cond` until it holds, failing the test after `limit`.
+pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
