@@ -17,6 +17,14 @@
 //! | `chorus_net_failed_handshakes_total` | counter | TLS or hello failures |
 //! | `chorus_net_rejected_peers_total` | counter | peers refused at hello |
 //! | `chorus_net_connections_opened_total` | counter | connections set up, dialed or accepted: one TLS handshake each (QUIC) |
+//! | `chorus_net_handshakes_retried_total` | counter | connection attempts answered with a QUIC Retry (address validation) under load |
+//! | `chorus_net_handshakes_throttled_total` | counter | connection attempts refused: their source IP was over its handshake rate or share |
+//! | `chorus_net_handshakes_refused_total` | counter | connection attempts refused: no handshake slot free |
+//! | `chorus_net_connections_refused_total` | counter | connections closed after the hello: too many connections, or the address is another node's |
+//! | `chorus_net_identity_mismatches_total` | counter | peers whose hello claimed a node id their certificate does not name |
+//! | `chorus_net_streams_over_budget_total` | counter | incoming streams stopped: no buffer budget left |
+//! | `chorus_net_streams_timed_out_total` | counter | incoming streams stopped: not finished in time |
+//! | `chorus_net_buffered_bytes` | gauge | bytes held for incoming streams and for messages waiting for chitchat |
 //! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
 //! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
 
@@ -70,10 +78,11 @@ pub struct Metrics {
     tick: Histogram,
     net: [Counter; NET_COUNTERS],
     last_net: Mutex<NetStats>,
+    buffered_bytes: Gauge,
 }
 
-/// One counter per field of [`NetStats`].
-const NET_COUNTERS: usize = 10;
+/// One counter per field of [`NetStats`] but the gauge `buffered_bytes`.
+const NET_COUNTERS: usize = 17;
 
 /// The heartbeat-age gauge of each peer, held so that a refresh looks no label up, with the
 /// refresh that last set it.
@@ -97,6 +106,14 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
         failed_handshakes,
         rejected_peers,
         connections_opened,
+        handshakes_retried,
+        handshakes_throttled,
+        handshakes_refused,
+        connections_refused,
+        identity_mismatches,
+        streams_over_budget,
+        streams_timed_out,
+        buffered_bytes: _,
     } = *s;
     [
         ("net_bytes_sent", "Gossip payload bytes sent", bytes_sent),
@@ -140,6 +157,41 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
             "net_connections_opened",
             "Connections set up, dialed or accepted (one TLS handshake each)",
             connections_opened,
+        ),
+        (
+            "net_handshakes_retried",
+            "Connection attempts answered with a QUIC Retry (address validation) under load",
+            handshakes_retried,
+        ),
+        (
+            "net_handshakes_throttled",
+            "Connection attempts refused: their source IP was over its handshake rate or share",
+            handshakes_throttled,
+        ),
+        (
+            "net_handshakes_refused",
+            "Connection attempts refused: no handshake slot free",
+            handshakes_refused,
+        ),
+        (
+            "net_connections_refused",
+            "Connections closed after the hello: too many, or the address is another node's",
+            connections_refused,
+        ),
+        (
+            "net_identity_mismatches",
+            "Peers whose hello claimed a node id their certificate does not name",
+            identity_mismatches,
+        ),
+        (
+            "net_streams_over_budget",
+            "Incoming streams stopped: no buffer budget left",
+            streams_over_budget,
+        ),
+        (
+            "net_streams_timed_out",
+            "Incoming streams stopped: not finished in time",
+            streams_timed_out,
         ),
     ]
 }
@@ -209,6 +261,12 @@ impl Metrics {
         for ((name, help, _), c) in net_counters(&NetStats::default()).into_iter().zip(&net) {
             registry.register(name, help, c.clone());
         }
+        let buffered_bytes = Gauge::default();
+        registry.register(
+            "net_buffered_bytes",
+            "Bytes held for incoming streams and for messages waiting for chitchat",
+            buffered_bytes.clone(),
+        );
         Metrics {
             registry,
             members,
@@ -223,6 +281,7 @@ impl Metrics {
             tick,
             net,
             last_net: Mutex::new(NetStats::default()),
+            buffered_bytes,
         }
     }
 
@@ -285,8 +344,10 @@ impl Metrics {
         });
     }
 
-    /// Adds the traffic since the last call to the counters.
+    /// Adds the traffic since the last call to the counters; sets the gauge.
     pub fn update_net(&self, now: NetStats) {
+        self.buffered_bytes
+            .set(i64::try_from(now.buffered_bytes).unwrap_or(i64::MAX));
         let mut last = self.last_net.lock();
         let deltas = net_counters(&now).into_iter().zip(net_counters(&last));
         for (c, ((_, _, new), (_, _, old))) in self.net.iter().zip(deltas) {

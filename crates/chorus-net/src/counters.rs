@@ -2,7 +2,7 @@
 //!
 //! [`NetCounters`] is a cheap handle (an `Arc` of atomics): clone it into the
 //! transport and keep a copy to call [`NetCounters::snapshot`] from a status
-//! endpoint. All counters only ever grow.
+//! endpoint. All counters only ever grow; `buffered_bytes` is the one gauge.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +37,30 @@ pub struct NetStats {
     /// Connections that passed TLS and the hello, dialed or accepted (QUIC
     /// only): each cost a handshake.
     pub connections_opened: u64,
+    /// Connection attempts answered with a QUIC Retry (address validation)
+    /// because many handshakes were in progress (QUIC only).
+    pub handshakes_retried: u64,
+    /// Connection attempts refused because their source IP was over its
+    /// handshake rate or its share of the handshake slots (QUIC only).
+    pub handshakes_throttled: u64,
+    /// Connection attempts refused because every handshake slot open to the
+    /// source was taken (QUIC only).
+    pub handshakes_refused: u64,
+    /// Connections closed right after the hello because the node already
+    /// holds its maximum number of connections (QUIC only).
+    pub connections_refused: u64,
+    /// Peers whose hello claimed a node id their certificate does not name
+    /// (QUIC with mutual TLS; also counted in `rejected_peers`).
+    pub identity_mismatches: u64,
+    /// Incoming streams stopped because the connection or the node had no
+    /// buffer budget left for them (QUIC only).
+    pub streams_over_budget: u64,
+    /// Incoming streams stopped because they did not finish within
+    /// `QuicTuning::stream_read_timeout` (QUIC only).
+    pub streams_timed_out: u64,
+    /// Gauge: bytes held right now for incoming streams being read and for
+    /// received messages waiting for chitchat (QUIC only).
+    pub buffered_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +75,14 @@ struct Inner {
     failed_handshakes: AtomicU64,
     rejected_peers: AtomicU64,
     connections_opened: AtomicU64,
+    handshakes_retried: AtomicU64,
+    handshakes_throttled: AtomicU64,
+    handshakes_refused: AtomicU64,
+    connections_refused: AtomicU64,
+    identity_mismatches: AtomicU64,
+    streams_over_budget: AtomicU64,
+    streams_timed_out: AtomicU64,
+    buffered_bytes: AtomicU64,
 }
 
 /// Shared, lock-free transport counters. Cloning shares the same counters.
@@ -84,6 +116,14 @@ impl NetCounters {
             failed_handshakes: load(&i.failed_handshakes),
             rejected_peers: load(&i.rejected_peers),
             connections_opened: load(&i.connections_opened),
+            handshakes_retried: load(&i.handshakes_retried),
+            handshakes_throttled: load(&i.handshakes_throttled),
+            handshakes_refused: load(&i.handshakes_refused),
+            connections_refused: load(&i.connections_refused),
+            identity_mismatches: load(&i.identity_mismatches),
+            streams_over_budget: load(&i.streams_over_budget),
+            streams_timed_out: load(&i.streams_timed_out),
+            buffered_bytes: load(&i.buffered_bytes),
         }
     }
 
@@ -126,6 +166,50 @@ impl NetCounters {
     pub(crate) fn connection_opened(&self) {
         bump(&self.inner.connections_opened, 1);
     }
+
+    pub(crate) fn handshake_retried(&self) {
+        bump(&self.inner.handshakes_retried, 1);
+    }
+
+    pub(crate) fn handshake_throttled(&self) {
+        bump(&self.inner.handshakes_throttled, 1);
+    }
+
+    pub(crate) fn handshake_refused(&self) {
+        bump(&self.inner.handshakes_refused, 1);
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        bump(&self.inner.connections_refused, 1);
+    }
+
+    pub(crate) fn identity_mismatch(&self) {
+        bump(&self.inner.identity_mismatches, 1);
+    }
+
+    pub(crate) fn stream_over_budget(&self) {
+        bump(&self.inner.streams_over_budget, 1);
+    }
+
+    pub(crate) fn stream_timed_out(&self) {
+        bump(&self.inner.streams_timed_out, 1);
+    }
+
+    /// `len` more bytes are buffered.
+    pub(crate) fn buffered(&self, len: u64) {
+        bump(&self.inner.buffered_bytes, len);
+    }
+
+    /// `len` buffered bytes were freed. Callers free only what they added,
+    /// so the gauge cannot go below zero; it saturates if one ever did.
+    pub(crate) fn unbuffered(&self, len: u64) {
+        let _ =
+            self.inner
+                .buffered_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    Some(held.saturating_sub(len))
+                });
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +230,15 @@ mod tests {
         b.failed_handshake();
         b.rejected_peer();
         b.connection_opened();
+        b.handshake_retried();
+        b.handshake_throttled();
+        b.handshake_refused();
+        b.connection_refused();
+        b.identity_mismatch();
+        b.stream_over_budget();
+        b.stream_timed_out();
+        b.buffered(10);
+        b.unbuffered(4);
         let s = a.snapshot();
         assert_eq!(
             s,
@@ -160,8 +253,18 @@ mod tests {
                 failed_handshakes: 1,
                 rejected_peers: 1,
                 connections_opened: 1,
+                handshakes_retried: 1,
+                handshakes_throttled: 1,
+                handshakes_refused: 1,
+                connections_refused: 1,
+                identity_mismatches: 1,
+                streams_over_budget: 1,
+                streams_timed_out: 1,
+                buffered_bytes: 6,
             }
         );
+        b.unbuffered(100);
+        assert_eq!(a.snapshot().buffered_bytes, 0);
         let json = serde_json::to_value(s).unwrap();
         assert_eq!(json["bytes_sent"], 15);
     }

@@ -35,5 +35,5 @@ pub use quic::{
     default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig, QuicTransport,
     QuicTuning, RejectObserver, RejectedPeer, PROTOCOL_VERSION,
 };
-pub use tls::{ClusterCa, NodeIdentity, TlsError, TlsMode};
+pub use tls::{CertificateNames, ClusterCa, NodeIdentity, TlsError, TlsMode};
 pub use udp::{CountingUdpTransport, MAX_UDP_PAYLOAD};

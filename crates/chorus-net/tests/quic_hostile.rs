@@ -11,13 +11,17 @@ use std::time::Duration;
 use chitchat::transport::{Socket, Transport};
 use chitchat::Serializable;
 use chorus_net::quic::{
-    CLOSE_HELLO_INVALID, MAX_CONCURRENT_UNI_STREAMS, MAX_HELLO_SIZE, MAX_MESSAGE_SIZE,
-    STOP_TOO_LARGE,
+    CLOSE_BUSY, CLOSE_HELLO_INVALID, CLOSE_IDENTITY_MISMATCH, CLOSE_SUPERSEDED,
+    MAX_CONCURRENT_UNI_STREAMS, MAX_HELLO_SIZE, MAX_MESSAGE_SIZE, STOP_TOO_LARGE,
 };
 use chorus_net::tls::TLS_SERVER_NAME;
-use chorus_net::{ClusterCa, Hello, HelloTemplate, NodeIdentity, QuicTransport, TlsMode};
-use common::{assert_silent, eventually, free_addr, quic, recv, syn, wire, DEADLINE};
-use quinn::crypto::rustls::QuicClientConfig;
+use chorus_net::{
+    ClusterCa, Hello, HelloTemplate, NodeIdentity, QuicConfig, QuicTransport, TlsMode,
+};
+use common::{
+    assert_silent, eventually, free_addr, quic, raw, recv, syn, wire, Refusals, DEADLINE,
+};
+use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, ConnectionError, Endpoint, VarInt, WriteError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -63,33 +67,7 @@ impl Scene {
     }
 }
 
-/// A raw quinn client holding a valid certificate of `ca`.
-fn raw_client(ca: &ClusterCa, node: &str) -> Endpoint {
-    let identity = NodeIdentity::mint(ca, node).unwrap();
-    let tls = TlsMode::Mutual(identity).client_config().unwrap();
-    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    let mut endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    endpoint
-}
-
-/// Connects and passes the hello like a real member would.
-async fn raw_member(ca: &ClusterCa, node: &str, target: SocketAddr) -> (Endpoint, Connection) {
-    let endpoint = raw_client(ca, node);
-    let conn = endpoint
-        .connect(target, TLS_SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
-    let hello = HelloTemplate::new(ca.cluster_name(), node, "fingerprint-1")
-        .to_hello(endpoint.local_addr().unwrap());
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello.encode().unwrap()).await.unwrap();
-    send.finish().unwrap();
-    let reply = recv.read_to_end(MAX_HELLO_SIZE).await.unwrap();
-    assert_eq!(Hello::decode(&reply).unwrap().node_id, "target");
-    (endpoint, conn)
-}
+use common::raw::{client as raw_client, member as raw_member};
 
 #[tokio::test]
 async fn udp_garbage_and_truncated_packets_are_harmless() {
@@ -264,4 +242,159 @@ async fn a_10_mb_stream_is_stopped_and_dropped() {
     .await;
     assert!(counters.snapshot().bytes_received <= MAX_MESSAGE_SIZE as u64);
     scene.friend_gets_through("after-huge").await;
+}
+
+/// Waits for `conn` to close and returns its application close code and reason.
+async fn close_of(conn: &Connection) -> (u32, String) {
+    match tokio::time::timeout(DEADLINE, conn.closed()).await.unwrap() {
+        ConnectionError::ApplicationClosed(close) => (
+            u32::try_from(close.error_code.into_inner()).unwrap(),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => panic!("unexpected close: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_key_holder_claiming_another_node_id_is_refused_by_the_acceptor() {
+    let ca = ClusterCa::generate("impostor").unwrap();
+    let refusals = Refusals::default();
+    let target = QuicTransport::new(
+        common::quic_config(&ca, "target").with_reject_observer(refusals.observer()),
+    );
+    let (target_addr, friend_addr) = (free_addr(), free_addr());
+    let mut target_socket = target.open(target_addr).await.unwrap();
+    let mut friend_socket = quic(&ca, "friend").open(friend_addr).await.unwrap();
+
+    // A certificate minted for "rogue", a hello claiming to be "friend".
+    let endpoint = raw_client(&ca, "rogue");
+    let (conn, _) = raw::hello_as(&ca, &endpoint, "friend", target_addr).await;
+    let (code, reason) = close_of(&conn).await;
+    assert_eq!(code, CLOSE_IDENTITY_MISMATCH);
+    assert!(
+        reason.contains("\"friend\"") && reason.contains("\"rogue\""),
+        "{reason}"
+    );
+    let stats = target.counters().snapshot();
+    assert_eq!((stats.identity_mismatches, stats.rejected_peers), (1, 1));
+    // Reported under the name the certificate proves, not the claimed one.
+    let refused = refusals.list();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].node_id, "rogue");
+    assert!(refused[0].by_us);
+    assert_eq!(refused[0].addr, endpoint.local_addr().unwrap());
+
+    // The real friend is not affected.
+    friend_socket
+        .send(target_addr, syn("genuine"))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut target_socket).await,
+        (friend_addr, syn("genuine"))
+    );
+    assert_eq!(target.counters().snapshot().identity_mismatches, 1);
+}
+
+#[tokio::test]
+async fn a_key_holder_answering_as_another_node_is_refused_by_the_dialer() {
+    let ca = ClusterCa::generate("impostor-server").unwrap();
+    let refusals = Refusals::default();
+    let dialer = QuicTransport::new(
+        common::quic_config(&ca, "dialer").with_reject_observer(refusals.observer()),
+    );
+    let mut dialer_socket = dialer.open(free_addr()).await.unwrap();
+
+    // A raw server holding a certificate for "rogue" that says it is "friend".
+    let rogue = NodeIdentity::mint(&ca, "rogue").unwrap();
+    let server_tls = TlsMode::Mutual(rogue).server_config().unwrap();
+    let server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).unwrap()));
+    let server = Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_addr = server.local_addr().unwrap();
+    dialer_socket.send(server_addr, syn("x")).await.unwrap();
+    let conn = tokio::time::timeout(DEADLINE, server.accept())
+        .await
+        .unwrap()
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let their_hello = Hello::decode(&recv.read_to_end(MAX_HELLO_SIZE).await.unwrap()).unwrap();
+    assert_eq!(their_hello.node_id, "dialer");
+    let lie =
+        HelloTemplate::new(ca.cluster_name(), "friend", "fingerprint-1").to_hello(server_addr);
+    send.write_all(&lie.encode().unwrap()).await.unwrap();
+    send.finish().unwrap();
+
+    let (code, reason) = close_of(&conn).await;
+    assert_eq!(code, CLOSE_IDENTITY_MISMATCH);
+    assert!(reason.contains("\"friend\""), "{reason}");
+    let counters = dialer.counters().clone();
+    eventually("the dialer to count the mismatch", || {
+        counters.snapshot().identity_mismatches == 1
+    })
+    .await;
+    let refused = refusals.list();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].node_id.as_str(), refused[0].by_us),
+        ("rogue", true)
+    );
+    assert_silent(&mut dialer_socket, QUIET).await;
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_name_the_node_id_cannot_open() {
+    let ca = ClusterCa::generate("misnamed").unwrap();
+    let identity = NodeIdentity::mint(&ca, "web1.example.com").unwrap();
+    let transport = QuicTransport::new(QuicConfig::new(
+        TlsMode::Mutual(identity),
+        HelloTemplate::new("misnamed", "web1", "fp"),
+    ));
+    let err = format!("{:#}", transport.open(free_addr()).await.err().unwrap());
+    assert!(
+        err.contains("\"web1.example.com\"") && err.contains("not node id \"web1\""),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_address_holds_one_accepted_connection_and_cannot_be_taken() {
+    let mut scene = Scene::new("links").await;
+    // The friend holds a connection to the target.
+    scene.friend_gets_through("first").await;
+
+    // Reconnecting replaces the previous connection instead of adding one.
+    let endpoint = raw_client(&scene.ca, "again");
+    let (first, _) = raw::hello_as(&scene.ca, &endpoint, "again", scene.target_addr).await;
+    let (second, _) = raw::hello_as(&scene.ca, &endpoint, "again", scene.target_addr).await;
+    assert_eq!(close_of(&first).await.0, CLOSE_SUPERSEDED);
+    assert!(second.close_reason().is_none());
+
+    // Another node cannot claim the friend's gossip address.
+    let thief = raw_client(&scene.ca, "thief");
+    let (stolen, _their_hello) = raw::send_hello(
+        &scene.ca,
+        &thief,
+        "thief",
+        scene.friend_addr,
+        scene.target_addr,
+    )
+    .await;
+    let (code, reason) = close_of(&stolen).await;
+    assert_eq!(code, CLOSE_BUSY, "{reason}");
+    assert!(reason.contains("\"friend\""), "{reason}");
+    assert_eq!(scene.target.counters().snapshot().connections_refused, 1);
+    // The friend's replies still go to the friend.
+    scene
+        .target_socket
+        .send(scene.friend_addr, syn("to-friend"))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut scene.friend_socket).await,
+        (scene.target_addr, syn("to-friend"))
+    );
+    assert!(second.close_reason().is_none());
 }

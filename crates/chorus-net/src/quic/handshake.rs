@@ -1,4 +1,5 @@
-//! Bringing a connection up: TLS handshake, hello, judgement, reporting.
+//! Bringing a connection up: TLS handshake, hello, identity check,
+//! judgement, reporting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,20 +8,15 @@ use quinn::{
     Connection, ConnectionError, Endpoint, Incoming, ReadError, ReadToEndError, RecvStream,
     SendStream, VarInt, WriteError,
 };
+use rustls::pki_types::CertificateDer;
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::hello::{truncate_reason, Hello, RejectedPeer, MAX_HELLO_SIZE};
+use super::links::Role;
 use super::shared::Shared;
-use super::{CLOSE_HELLO_INVALID, CLOSE_HELLO_REJECTED};
-use crate::tls::TLS_SERVER_NAME;
-
-/// Which end of the connection we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Dialer,
-    Acceptor,
-}
+use super::{CLOSE_HELLO_INVALID, CLOSE_HELLO_REJECTED, CLOSE_IDENTITY_MISMATCH};
+use crate::tls::{CertificateNames, TLS_SERVER_NAME};
 
 /// Why a connection did not come up.
 #[derive(Debug)]
@@ -29,6 +25,14 @@ enum Failure {
     Refused {
         by_us: bool,
         peer: Option<Hello>,
+        reason: String,
+    },
+    /// We refused a peer whose hello claims a node id its certificate does
+    /// not vouch for.
+    Impostor {
+        peer: Hello,
+        /// Who the certificate says the peer is (empty if it names no one).
+        certified: String,
         reason: String,
     },
     /// TLS authentication failed (either side refused the other's certificate).
@@ -56,7 +60,8 @@ fn is_auth_failure(err: &ConnectionError) -> bool {
 fn from_connection_error(err: ConnectionError) -> Failure {
     match &err {
         ConnectionError::ApplicationClosed(close)
-            if close.error_code == VarInt::from_u32(CLOSE_HELLO_REJECTED) =>
+            if close.error_code == VarInt::from_u32(CLOSE_HELLO_REJECTED)
+                || close.error_code == VarInt::from_u32(CLOSE_IDENTITY_MISMATCH) =>
         {
             Failure::Refused {
                 by_us: false,
@@ -130,7 +135,55 @@ async fn swap(
     }
 }
 
-/// Runs the hello on a fresh connection and applies our policy.
+/// A peer whose certificate does not vouch for the node id of its hello.
+struct Mismatch {
+    /// Who the certificate says the peer is (empty if it names no one).
+    certified: String,
+    reason: String,
+}
+
+/// The leaf certificate the peer presented.
+fn peer_leaf(conn: &Connection) -> Option<CertificateDer<'static>> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.into_iter().next()
+}
+
+/// Checks that the peer's certificate vouches for the node id it claims.
+fn check_identity(conn: &Connection, peer: &Hello) -> Result<(), Mismatch> {
+    let Some(leaf) = peer_leaf(conn) else {
+        return Err(Mismatch {
+            certified: String::new(),
+            reason: "no certificate".to_string(),
+        });
+    };
+    let names = CertificateNames::of(&leaf).map_err(|err| Mismatch {
+        certified: String::new(),
+        reason: err.to_string(),
+    })?;
+    if names.vouch_for(&peer.node_id) {
+        return Ok(());
+    }
+    Err(Mismatch {
+        certified: names.principal(),
+        reason: format!(
+            "node id {:?} is not in its certificate, which names {names}",
+            peer.node_id
+        ),
+    })
+}
+
+/// Closes `conn` with `code` and `reason` once our hello has reached the
+/// peer (closing discards unsent stream data), so it knows who refused it.
+async fn refuse(shared: &Shared, conn: &Connection, send: SendStream, code: u32, reason: &str) {
+    let _ = timeout(shared.tuning.hello_timeout, send.stopped()).await;
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+/// Runs the hello on a fresh connection, checks the peer's identity and
+/// applies our policy.
 async fn hello(shared: &Shared, conn: &Connection, role: Role) -> Result<Hello, Failure> {
     let (send, peer) = match timeout(shared.tuning.hello_timeout, swap(shared, conn, role)).await {
         Ok(swapped) => swapped?,
@@ -139,12 +192,20 @@ async fn hello(shared: &Shared, conn: &Connection, role: Role) -> Result<Hello, 
             return Err(Failure::BadHello("no hello in time".to_string()));
         }
     };
+    if shared.check_identity {
+        if let Err(mismatch) = check_identity(conn, &peer) {
+            let reason = truncate_reason(&mismatch.reason).to_string();
+            refuse(shared, conn, send, CLOSE_IDENTITY_MISMATCH, &reason).await;
+            return Err(Failure::Impostor {
+                peer,
+                certified: mismatch.certified,
+                reason,
+            });
+        }
+    }
     if let Err(reason) = (shared.policy)(&peer) {
         let reason = truncate_reason(&reason).to_string();
-        // Let our hello reach the peer before closing (closing discards
-        // unsent stream data), so it knows who refused it.
-        let _ = timeout(shared.tuning.hello_timeout, send.stopped()).await;
-        conn.close(VarInt::from_u32(CLOSE_HELLO_REJECTED), reason.as_bytes());
+        refuse(shared, conn, send, CLOSE_HELLO_REJECTED, &reason).await;
         return Err(Failure::Refused {
             by_us: true,
             peer: Some(peer),
@@ -176,6 +237,23 @@ fn report(shared: &Shared, addr: SocketAddr, failure: Failure) {
             reason,
             by_us,
         }),
+        Failure::Impostor {
+            peer,
+            certified,
+            reason,
+        } => {
+            // Reported under the name the certificate proves: the claimed id
+            // may be another, innocent node's.
+            warn!(peer=%addr, claimed=%peer.node_id, certified=%certified,
+                "refused a peer claiming a node id its certificate does not name: {reason}");
+            shared.counters.identity_mismatch();
+            shared.report_refusal(RejectedPeer {
+                node_id: certified,
+                addr,
+                reason,
+                by_us: true,
+            });
+        }
         Failure::Auth(err) => shared.report_auth_failure(addr, "TLS handshake refused", &err),
         Failure::BadHello(detail) => shared.report_bad_hello(addr, &detail),
         Failure::Lost(detail) => debug!(peer=%addr, "connection lost during hello: {detail}"),
@@ -209,10 +287,9 @@ pub(crate) async fn dial(
         }
     };
     match hello(shared, &conn, Role::Dialer).await {
-        Ok(peer) => {
-            shared.adopt(to, conn.clone(), peer);
-            Some(conn)
-        }
+        Ok(peer) => shared
+            .adopt(to, Role::Dialer, conn.clone(), peer)
+            .then_some(conn),
         Err(failure) => {
             report(shared, to, failure);
             None
@@ -245,13 +322,15 @@ pub(crate) async fn accept(shared: Arc<Shared>, incoming: Incoming) {
     match hello(&shared, &conn, Role::Acceptor).await {
         Ok(peer) => {
             let addr = normalize(peer.gossip_addr, remote);
-            shared.adopt(addr, conn, peer);
+            shared.adopt(addr, Role::Acceptor, conn, peer);
         }
         Err(failure) => {
             let addr = match &failure {
                 Failure::Refused {
                     peer: Some(peer), ..
                 } => normalize(peer.gossip_addr, remote),
+                // The gossip address of a peer that lies about its id is
+                // not believed either.
                 _ => remote,
             };
             report(&shared, addr, failure);

@@ -2,11 +2,16 @@
 //!
 //! One quinn endpoint per opened socket both listens and dials. Files:
 //! - `hello.rs`: the [`Hello`] exchanged after the TLS handshake, policies.
+//! - `admission.rs`: which connection attempts may start a handshake
+//!   (address validation under load, per-source limits, known peers first).
 //! - `handshake.rs`: running the hello on a fresh connection (both roles),
-//!   classifying and reporting failures.
-//! - `shared.rs`: state shared by the socket's tasks (connection registry,
-//!   refusal backoff, counters) and serving an established connection (one
-//!   unidirectional stream per envelope, size-limited).
+//!   checking the peer's identity, classifying and reporting failures.
+//! - `links.rs`: the registry of established connections, by peer address.
+//! - `budget.rs`: the byte budget for what peers make us buffer.
+//! - `serve.rs`: serving an established connection (one unidirectional
+//!   stream per envelope, budgeted, size- and time-limited, by stream kind).
+//! - `shared.rs`: state shared by the socket's tasks (registry, admission,
+//!   budget, refusal backoff, counters).
 //! - `outbox.rs`: per-peer bounded send queues and the tasks that dial and
 //!   write them.
 //! - `socket.rs`: the chitchat `Socket`: accept loop, `send`, `recv`, drop.
@@ -17,10 +22,32 @@
 //!   exactly the message's [`wire`](crate::wire) encoding; streams over
 //!   [`MAX_MESSAGE_SIZE`] are stopped and counted as garbage. A peer may have
 //!   at most [`MAX_CONCURRENT_UNI_STREAMS`] streams open per connection.
+//! - What peers make us buffer is budgeted per connection and per socket
+//!   ([`MAX_BUFFERED_PER_CONNECTION`], [`CONNECTION_FLOOR`],
+//!   [`SHARED_BUFFER_POOL`]); a stream the budget cannot hold is stopped
+//!   (`streams_over_budget`), one not finished within
+//!   [`QuicTuning::stream_read_timeout`] too (`streams_timed_out`), and its
+//!   buffer freed. The `buffered_bytes` gauge shows what is held.
+//! - Connection attempts are admitted by the rules of `admission.rs`: under
+//!   load ([`RETRY_ABOVE_PENDING`]) unvalidated sources get a QUIC Retry
+//!   (`handshakes_retried`); known peers have [`RESERVED_FOR_KNOWN`] of the
+//!   [`MAX_PENDING_HANDSHAKES`] slots to themselves; other source IPs are
+//!   held to [`MAX_PENDING_PER_SOURCE`] slots and
+//!   [`HANDSHAKE_RATE_PER_SOURCE`] starts a second (`handshakes_throttled`);
+//!   an attempt finding no slot is refused (`handshakes_refused`).
+//! - In mutual TLS, each side checks that the peer's certificate vouches for
+//!   the node id of its hello ([`crate::tls::CertificateNames`]); a mismatch
+//!   closes the connection with [`CLOSE_IDENTITY_MISMATCH`], is counted
+//!   (`identity_mismatches`) and reported as a refusal under the name the
+//!   certificate proves.
 //! - Connections are keyed by the peer's gossip address: the one we dialed,
 //!   or the one an accepting side learnt from the dialer's hello. Either kind
 //!   carries traffic both ways, so a node that dialed us gets its replies on
-//!   the same connection.
+//!   the same connection. A peer address holds at most
+//!   [`MAX_CONNECTIONS_PER_PEER`] (one per role; a newer one replaces the
+//!   older, closed with [`CLOSE_SUPERSEDED`]), the socket at most
+//!   [`MAX_CONNECTIONS`] (more are closed with [`CLOSE_BUSY`] and counted in
+//!   `connections_refused`).
 //! - `send` never waits: it appends to the peer's queue
 //!   ([`PEER_QUEUE_CAPACITY`], oldest dropped) served by a per-peer task that
 //!   dials when needed (connect timeout, exponential backoff after failures,
@@ -39,9 +66,13 @@
 //!   once quinn's endpoint driver has wound down (shortly after, not
 //!   synchronously).
 
+mod admission;
+mod budget;
 mod handshake;
 mod hello;
+mod links;
 mod outbox;
+mod serve;
 mod shared;
 mod socket;
 
@@ -57,18 +88,48 @@ use tokio::time::Instant;
 use crate::counters::NetCounters;
 use crate::tls::TlsMode;
 
+pub use admission::{
+    HANDSHAKE_BURST_PER_SOURCE, HANDSHAKE_RATE_PER_SOURCE, KNOWN_PEER_TTL, MAX_KNOWN_PEERS,
+    MAX_PENDING_PER_SOURCE, MAX_TRACKED_SOURCES, RESERVED_FOR_KNOWN, RETRY_ABOVE_PENDING,
+};
+pub use budget::{
+    CONNECTION_FLOOR, MAX_BUFFERED_BYTES, MAX_BUFFERED_PER_CONNECTION, SHARED_BUFFER_POOL,
+};
 pub use hello::{
     default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, RejectObserver, RejectedPeer,
     MAX_HELLO_SIZE, MAX_REASON_LEN, PROTOCOL_VERSION,
 };
+pub use links::MAX_CONNECTIONS_PER_PEER;
 
 /// Largest gossip message accepted on a stream, in wire bytes (chitchat
 /// itself stays under ~65 KB; the margin is for future use). Decoded, a
 /// message may not exceed [`MAX_PLAIN_SIZE`](crate::wire::MAX_PLAIN_SIZE).
 pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
-/// Unidirectional streams a peer may have open at once on one connection.
-pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 64;
+/// Unidirectional streams a peer may have open at once on one connection;
+/// QUIC flow control makes it wait for one to end before opening another.
+pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 16;
+
+/// Bytes a peer may send on one stream ahead of our reading (QUIC flow
+/// control; credit returns as we read, so a larger message still passes).
+pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+
+/// Bytes a peer may send on one connection, all streams together, ahead of
+/// our reading: what quinn may hold for a connection besides our budget.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// Established connections a socket holds at once (dialed and accepted);
+/// one more that passes the hello is closed with [`CLOSE_BUSY`].
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// Connection attempts quinn queues for the accept loop; further ones are
+/// dropped unanswered (the loop decides each at once, so this only fills
+/// when the node is starved of CPU).
+pub const MAX_INCOMING_QUEUE: usize = 256;
+
+/// Bytes quinn buffers for all queued attempts beyond their first packet;
+/// further packets are dropped (and retransmitted by honest peers).
+pub const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 
 /// Messages queued per peer before the oldest are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 64;
@@ -78,7 +139,8 @@ pub const PEER_QUEUE_CAPACITY: usize = 64;
 pub const INBOX_CAPACITY: usize = 256;
 
 /// Handshakes (TLS + hello) in progress at once on the accepting side;
-/// further connection attempts are refused until some finish.
+/// further connection attempts are refused until some finish
+/// ([`RESERVED_FOR_KNOWN`] of them only known peers may take).
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Application close code: normal shutdown of the local socket.
@@ -87,8 +149,20 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_HELLO_REJECTED: u32 = 0x4348_0001;
 /// Application close code: the hello was malformed or did not arrive in time.
 pub const CLOSE_HELLO_INVALID: u32 = 0x4348_0002;
+/// Application close code: the peer's certificate does not vouch for the
+/// node id of its hello; the close reason says what it names.
+pub const CLOSE_IDENTITY_MISMATCH: u32 = 0x4348_0003;
+/// Application close code: the connection passed the hello but the node
+/// holds [`MAX_CONNECTIONS`], or another node holds the claimed address.
+pub const CLOSE_BUSY: u32 = 0x4348_0004;
+/// Application close code: the peer opened a newer connection in the same role.
+pub const CLOSE_SUPERSEDED: u32 = 0x4348_0005;
 /// Stream stop code: envelope over [`MAX_MESSAGE_SIZE`].
 pub const STOP_TOO_LARGE: u32 = 0x4348_0010;
+/// Stream stop code: no buffer budget left for the stream.
+pub const STOP_OVER_BUDGET: u32 = 0x4348_0011;
+/// Stream stop code: not finished within [`QuicTuning::stream_read_timeout`].
+pub const STOP_TIMED_OUT: u32 = 0x4348_0012;
 
 /// Timeouts and backoffs; [`Default`] gives the production values.
 #[derive(Debug, Clone)]
@@ -110,7 +184,8 @@ pub struct QuicTuning {
     pub max_message_age: Duration,
     /// Limit to open a stream and hand it a message (default 5 s).
     pub write_timeout: Duration,
-    /// Limit to receive a whole envelope once its stream opened (default 10 s).
+    /// Limit to receive a whole stream once it opened (default 5 s); a
+    /// stream still unfinished is stopped and its buffer freed.
     pub stream_read_timeout: Duration,
     /// First pause after a failed dial (default 1 s), doubling each failure…
     pub dial_backoff_min: Duration,
@@ -141,7 +216,7 @@ impl Default for QuicTuning {
             keep_alive_interval: None,
             max_message_age: Duration::from_secs(1),
             write_timeout: Duration::from_secs(5),
-            stream_read_timeout: Duration::from_secs(10),
+            stream_read_timeout: Duration::from_secs(5),
             dial_backoff_min: Duration::from_secs(1),
             dial_backoff_max: Duration::from_secs(10),
             reject_backoff: Duration::from_secs(30),

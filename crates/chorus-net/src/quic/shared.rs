@@ -1,4 +1,5 @@
-//! State shared by a socket's tasks, and serving established connections.
+//! State shared by a socket's tasks: connection registry, handshake
+//! admission, buffer budget, refusal backoff, counters.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -6,22 +7,32 @@ use std::sync::Arc;
 
 use chitchat::ChitchatMessage;
 use parking_lot::Mutex;
-use quinn::{Connection, ConnectionError, ReadToEndError, RecvStream, VarInt};
+use quinn::{Connection, ConnectionError, VarInt};
 use tokio::sync::mpsc;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::admission::Admission;
+use super::budget::{BufferPool, Reservation};
 use super::hello::{Hello, HelloPolicy, RejectObserver, RejectedPeer};
-use super::{QuicTuning, CLOSE_HELLO_REJECTED, MAX_MESSAGE_SIZE, STOP_TOO_LARGE};
+use super::links::{Links, Refusal, Role};
+use super::serve::serve_connection;
+use super::{QuicTuning, CLOSE_BUSY, CLOSE_SUPERSEDED};
 use crate::counters::NetCounters;
-use crate::wire;
 
 /// A decoded message waiting for chitchat, with when it was fully received.
 /// Unlike UDP, whose socket buffer overflows and sheds load, QUIC delivers
 /// everything: a node that falls behind would answer rounds long over, each
 /// answer costing a delta, and never catch up. Late messages are dropped
 /// instead.
-pub(crate) type Arrival = (Instant, SocketAddr, ChitchatMessage);
+pub(crate) struct Arrival {
+    pub(crate) received: Instant,
+    pub(crate) from: SocketAddr,
+    pub(crate) message: ChitchatMessage,
+    /// The message's share of its connection's buffer budget, given back
+    /// when chitchat takes the message (or it is dropped).
+    pub(crate) _held: Reservation,
+}
 
 /// Entries kept in the per-address maps before expired ones are pruned.
 const PRUNE_THRESHOLD: usize = 1024;
@@ -47,9 +58,16 @@ pub(crate) struct Shared {
     on_reject: RejectObserver,
     /// Our hello, encoded once.
     pub(crate) local_hello: Vec<u8>,
-    inbox: mpsc::Sender<Arrival>,
+    /// Whether peers' hellos are checked against their certificates (mutual
+    /// TLS; insecure peers have no meaningful certificate).
+    pub(crate) check_identity: bool,
+    pub(crate) inbox: mpsc::Sender<Arrival>,
+    /// Who may start a handshake with us.
+    pub(crate) admission: Arc<Mutex<Admission>>,
+    /// What peers' streams may make us hold.
+    buffers: Arc<BufferPool>,
     /// Established (hello passed) connections by peer gossip address.
-    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    links: Mutex<Links>,
     /// Peers we are dialing now.
     dialing: Mutex<HashSet<SocketAddr>>,
     /// Peers refused at hello (either way): no dialing until the instant.
@@ -65,16 +83,20 @@ impl Shared {
         policy: HelloPolicy,
         on_reject: RejectObserver,
         local_hello: Vec<u8>,
+        check_identity: bool,
         inbox: mpsc::Sender<Arrival>,
     ) -> Self {
         Self {
+            buffers: BufferPool::new(counters.clone()),
             counters,
             tuning,
             policy,
             on_reject,
             local_hello,
+            check_identity,
             inbox,
-            conns: Mutex::default(),
+            admission: Arc::new(Mutex::new(Admission::new(Instant::now()))),
+            links: Mutex::default(),
             dialing: Mutex::default(),
             refused_until: Mutex::default(),
             auth_warned: Mutex::default(),
@@ -83,15 +105,7 @@ impl Shared {
 
     /// A live established connection to `addr`, if any.
     pub(crate) fn connection(&self, addr: SocketAddr) -> Option<Connection> {
-        let mut conns = self.conns.lock();
-        match conns.get(&addr) {
-            Some(conn) if conn.close_reason().is_none() => Some(conn.clone()),
-            Some(_) => {
-                conns.remove(&addr);
-                None
-            }
-            None => None,
-        }
+        self.links.lock().live(addr)
     }
 
     /// Peers with a live connection or a dial in progress: gossip to them
@@ -100,13 +114,7 @@ impl Shared {
         // Dials first: one that ends between the two reads is adopted before
         // its mark goes, so it is seen in one or the other.
         let mut peers: HashSet<SocketAddr> = self.dialing.lock().clone();
-        peers.extend(
-            self.conns
-                .lock()
-                .iter()
-                .filter(|(_, conn)| conn.close_reason().is_none())
-                .map(|(addr, _)| *addr),
-        );
+        peers.extend(self.links.lock().connected_set());
         peers
     }
 
@@ -120,18 +128,56 @@ impl Shared {
         }
     }
 
-    /// Registers `conn` for `addr` and serves it until it closes.
-    pub(crate) fn adopt(self: &Arc<Self>, addr: SocketAddr, conn: Connection, peer: Hello) {
+    /// Registers `conn` (which passed the hello in `role`) for the peer
+    /// gossip address `addr` and serves it until it closes. False, with the
+    /// connection closed and counted, if the registry refuses it.
+    pub(crate) fn adopt(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        role: Role,
+        conn: Connection,
+        peer: Hello,
+    ) -> bool {
+        let inserted = self
+            .links
+            .lock()
+            .insert(addr, role, &peer.node_id, conn.clone());
+        let replaced = match inserted {
+            Ok(replaced) => replaced,
+            Err(refusal) => {
+                let reason = match refusal {
+                    Refusal::Full => "too many connections".to_string(),
+                    Refusal::Taken(holder) => {
+                        format!("gossip address {addr} is held by node {holder:?}")
+                    }
+                };
+                debug!(peer=%addr, node_id=%peer.node_id, %reason, "connection refused after hello");
+                self.counters.connection_refused();
+                conn.close(VarInt::from_u32(CLOSE_BUSY), reason.as_bytes());
+                return false;
+            }
+        };
+        for old in replaced {
+            old.close(
+                VarInt::from_u32(CLOSE_SUPERSEDED),
+                b"replaced by a newer connection",
+            );
+        }
         self.counters.connection_opened();
-        self.conns.lock().insert(addr, conn.clone());
-        tokio::spawn(serve_connection(self.clone(), conn, addr, peer));
+        self.admission
+            .lock()
+            .note_peer(conn.remote_address(), Instant::now());
+        let budget = self.buffers.connection();
+        tokio::spawn(serve_connection(self.clone(), conn, addr, peer, budget));
+        true
     }
 
-    fn forget(&self, addr: SocketAddr, conn: &Connection) {
-        let mut conns = self.conns.lock();
-        if conns.get(&addr).map(Connection::stable_id) == Some(conn.stable_id()) {
-            conns.remove(&addr);
-        }
+    /// Forgets a closed connection; its address stays known for a while.
+    pub(crate) fn forget(&self, addr: SocketAddr, conn: &Connection) {
+        self.links.lock().remove(addr, conn);
+        self.admission
+            .lock()
+            .note_peer(conn.remote_address(), Instant::now());
     }
 
     /// Whether `addr` was refused recently (no dialing then).
@@ -198,77 +244,6 @@ impl Shared {
                 warned.insert(addr, now);
                 true
             }
-        }
-    }
-}
-
-/// Reads envelopes from `conn` until it closes; `addr` is the peer's gossip
-/// address, given to chitchat as the sender.
-async fn serve_connection(shared: Arc<Shared>, conn: Connection, addr: SocketAddr, peer: Hello) {
-    loop {
-        match conn.accept_uni().await {
-            Ok(stream) => {
-                tokio::spawn(read_envelope(shared.clone(), stream, addr));
-            }
-            Err(err) => {
-                match &err {
-                    ConnectionError::ApplicationClosed(close)
-                        if close.error_code == VarInt::from_u32(CLOSE_HELLO_REJECTED) =>
-                    {
-                        shared.report_refusal(RejectedPeer {
-                            node_id: peer.node_id.clone(),
-                            addr,
-                            reason: String::from_utf8_lossy(&close.reason).into_owned(),
-                            by_us: false,
-                        });
-                    }
-                    _ => debug!(peer=%addr, node_id=%peer.node_id, error=%err, "connection closed"),
-                }
-                break;
-            }
-        }
-    }
-    shared.forget(addr, &conn);
-}
-
-/// Reads one envelope (size- and time-limited), decodes and delivers it.
-async fn read_envelope(shared: Arc<Shared>, mut stream: RecvStream, from: SocketAddr) {
-    let read = timeout(
-        shared.tuning.stream_read_timeout,
-        stream.read_to_end(MAX_MESSAGE_SIZE),
-    )
-    .await;
-    // The reading is not the waiting: a big envelope on a slow link may take a while.
-    let received = Instant::now();
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(ReadToEndError::TooLong)) => {
-            debug!(peer=%from, limit=MAX_MESSAGE_SIZE, "oversized envelope dropped");
-            shared.counters.received_bytes(MAX_MESSAGE_SIZE);
-            shared.counters.garbage();
-            let _ = stream.stop(VarInt::from_u32(STOP_TOO_LARGE));
-            return;
-        }
-        Ok(Err(ReadToEndError::Read(err))) => {
-            debug!(peer=%from, error=%err, "envelope lost");
-            return;
-        }
-        Err(_elapsed) => {
-            debug!(peer=%from, "envelope not finished in time, dropped");
-            shared.counters.garbage();
-            return;
-        }
-    };
-    shared.counters.received_bytes(bytes.len());
-    match wire::decode(&bytes) {
-        Ok(message) => {
-            shared.counters.received_message();
-            // Waits when chitchat lags behind: that back-pressures the peer.
-            let _ = shared.inbox.send((received, from, message)).await;
-        }
-        Err(err) => {
-            debug!(peer=%from, len=bytes.len(), error=%err, "undecodable envelope dropped");
-            shared.counters.garbage();
         }
     }
 }

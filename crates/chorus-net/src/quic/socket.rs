@@ -9,22 +9,24 @@ use async_trait::async_trait;
 use chitchat::transport::Socket;
 use chitchat::ChitchatMessage;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::Incoming;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::admission::{SlotGuard, Verdict};
 use super::handshake;
 use super::outbox::Outbox;
 use super::shared::{Arrival, Shared};
 use super::{
-    QuicConfig, QuicTuning, CLOSE_SHUTDOWN, INBOX_CAPACITY, MAX_CONCURRENT_UNI_STREAMS,
-    MAX_MESSAGE_SIZE, MAX_PENDING_HANDSHAKES,
+    QuicConfig, QuicTuning, CLOSE_SHUTDOWN, CONNECTION_RECEIVE_WINDOW, INBOX_CAPACITY,
+    INCOMING_BUFFER_TOTAL, MAX_CONCURRENT_UNI_STREAMS, MAX_HELLO_SIZE, MAX_INCOMING_QUEUE,
+    MAX_MESSAGE_SIZE, STREAM_RECEIVE_WINDOW,
 };
+use crate::tls::TlsMode;
 use crate::wire;
-
-/// Per-connection receive window across all streams.
-const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
 
 pub(crate) struct QuicSocket {
     endpoint: Endpoint,
@@ -40,7 +42,7 @@ fn transport_config(tuning: &QuicTuning) -> anyhow::Result<Arc<TransportConfig>>
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
         // The hello's stream; nothing else is bidirectional.
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
-        .stream_receive_window(VarInt::from_u32(MAX_MESSAGE_SIZE as u32))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(tuning.idle_timeout).context("idle timeout out of range")?,
@@ -51,13 +53,23 @@ fn transport_config(tuning: &QuicTuning) -> anyhow::Result<Arc<TransportConfig>>
 
 impl QuicSocket {
     pub(crate) async fn open(config: &QuicConfig, listen_addr: SocketAddr) -> anyhow::Result<Self> {
+        if let TlsMode::Mutual(identity) = &config.tls {
+            // Peers would refuse every hello of ours.
+            identity
+                .check_node_id(&config.hello.node_id)
+                .context("TLS identity")?;
+        }
         let transport = transport_config(&config.tuning)?;
         let server_tls = config.tls.server_config().context("TLS server setup")?;
         let client_tls = config.tls.client_config().context("TLS client setup")?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
             QuicServerConfig::try_from(server_tls).context("TLS server setup for QUIC")?,
         ));
-        server_config.transport_config(transport.clone());
+        server_config
+            .transport_config(transport.clone())
+            .max_incoming(MAX_INCOMING_QUEUE)
+            .incoming_buffer_size(MAX_HELLO_SIZE as u64)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
         let mut client_config = quinn::ClientConfig::new(Arc::new(
             QuicClientConfig::try_from(client_tls).context("TLS client setup for QUIC")?,
         ));
@@ -84,6 +96,7 @@ impl QuicSocket {
             config.policy.clone(),
             config.on_reject.clone(),
             local_hello,
+            !config.tls.is_insecure(),
             inbox_tx,
         ));
         let outbox = Outbox::new(endpoint.clone(), shared.clone());
@@ -99,20 +112,49 @@ impl QuicSocket {
     }
 }
 
-/// Accepts connection attempts, at most [`MAX_PENDING_HANDSHAKES`] at a time.
+/// Admits connection attempts by the rules of `admission.rs`.
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            debug!(peer=%incoming.remote_address(), "too many handshakes in progress, refused");
+        admit(&shared, incoming);
+    }
+}
+
+/// Carries out the admission verdict on one attempt.
+fn admit(shared: &Arc<Shared>, incoming: Incoming) {
+    let remote = incoming.remote_address();
+    let verdict = shared.admission.lock().decide(
+        Instant::now(),
+        remote,
+        incoming.remote_address_validated(),
+        incoming.may_retry(),
+    );
+    match verdict {
+        Verdict::Accept(slot) => {
+            let slot = SlotGuard::new(shared.admission.clone(), slot);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                handshake::accept(shared, incoming).await;
+                drop(slot);
+            });
+        }
+        Verdict::Retry => match incoming.retry() {
+            Ok(()) => shared.counters.handshake_retried(),
+            // Only when a Retry was already used, which `decide` rules out.
+            Err(err) => {
+                shared.counters.handshake_refused();
+                err.into_incoming().refuse();
+            }
+        },
+        Verdict::Throttle => {
+            debug!(peer=%remote, "too many handshakes from this source, refused");
+            shared.counters.handshake_throttled();
             incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            handshake::accept(shared, incoming).await;
-            drop(permit);
-        });
+        }
+        Verdict::Refuse => {
+            debug!(peer=%remote, "no handshake slot free, refused");
+            shared.counters.handshake_refused();
+            incoming.refuse();
+        }
     }
 }
 
@@ -138,9 +180,10 @@ impl Socket for QuicSocket {
     /// Never fails; cancel-safe. A message that waited longer than
     /// `max_message_age` for chitchat is dropped here: see [`Arrival`].
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
-        while let Some((received, from, message)) = self.inbox.recv().await {
-            if !self.shared.tuning.is_late(received) {
-                return Ok((from, message));
+        while let Some(arrival) = self.inbox.recv().await {
+            // Dropping the arrival's reservation gives its budget back.
+            if !self.shared.tuning.is_late(arrival.received) {
+                return Ok((arrival.from, arrival.message));
             }
             self.shared.counters.stale_received();
         }

@@ -11,8 +11,8 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::RootCertStore;
 
 use super::{
-    der_to_pem, parse_certs, parse_key, provider, read_pem_file, root_store, ClusterCa, TlsError,
-    TLS_SERVER_NAME,
+    der_to_pem, parse_certs, parse_key, provider, read_pem_file, root_store, CertificateNames,
+    ClusterCa, TlsError, TLS_SERVER_NAME,
 };
 
 /// A node's TLS identity: leaf certificate chain, private key, and the CA
@@ -144,6 +144,27 @@ impl NodeIdentity {
         Ok(())
     }
 
+    /// The names the leaf vouches for.
+    pub fn names(&self) -> Result<CertificateNames, TlsError> {
+        CertificateNames::of(&self.chain[0])
+    }
+
+    /// Checks that the leaf vouches for `node_id` (its common name or one of
+    /// its DNS/IP SANs): peers refuse a hello claiming any other id.
+    pub fn check_node_id(&self, node_id: &str) -> Result<(), TlsError> {
+        let names = self.names()?;
+        if names.vouch_for(node_id) {
+            return Ok(());
+        }
+        Err(TlsError::Certificate {
+            what: "node",
+            detail: format!(
+                "it names {names}, not node id {node_id:?}: the node id must be the \
+                 certificate's common name or one of its DNS or IP subject alternative names"
+            ),
+        })
+    }
+
     /// The node id the leaf was minted for (`None` when loaded from files).
     pub fn node_id(&self) -> Option<&str> {
         self.node_id.as_deref()
@@ -205,6 +226,22 @@ mod tests {
         TlsMode::Insecure.client_config().unwrap();
         // The PEM views load back through the existing-PKI path.
         NodeIdentity::from_pem(&id.ca_pem(), &id.cert_pem(), &id.key_pem()).unwrap();
+    }
+
+    #[test]
+    fn the_leaf_must_vouch_for_the_node_id() {
+        let ca = ClusterCa::generate("blue").unwrap();
+        let id = NodeIdentity::mint(&ca, "node-1").unwrap();
+        id.check_node_id("node-1").unwrap();
+        let err = id.check_node_id("node-2").unwrap_err().to_string();
+        assert!(
+            err.contains("\"node-1\"") && err.contains("not node id \"node-2\""),
+            "{err}"
+        );
+        // Loaded from files, the same leaf vouches for the same id.
+        let loaded = NodeIdentity::from_pem(&id.ca_pem(), &id.cert_pem(), &id.key_pem()).unwrap();
+        loaded.check_node_id("node-1").unwrap();
+        assert!(loaded.check_node_id(TLS_SERVER_NAME).is_err());
     }
 
     #[test]

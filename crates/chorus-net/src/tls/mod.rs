@@ -6,6 +6,7 @@
 //!   the CA certificates it trusts; minted from a [`ClusterCa`] or loaded from
 //!   an existing PKI.
 //! - `verify.rs`: the two custom server-certificate verifiers.
+//! - [`CertificateNames`] (`names.rs`): which node ids a leaf vouches for.
 //! - [`TlsMode`] (here): mutual TLS or insecure, and the rustls configs built
 //!   from it.
 //!
@@ -19,7 +20,11 @@
 //! sent is always [`TLS_SERVER_NAME`] (minted leaves also carry it as a SAN,
 //! so stock tools can verify them by name). Leaves must allow both the
 //! `serverAuth` and `clientAuth` extended key usages, since every node both
-//! dials and accepts. Which node a peer is comes from the hello that follows.
+//! dials and accepts. Which node a peer is comes from the hello that follows,
+//! and both sides check that the peer's certificate vouches for the node id
+//! its hello claims ([`CertificateNames`]: the leaf's common name or one of
+//! its DNS/IP SANs); a node refuses to start with a certificate that does not
+//! vouch for its own node id.
 //!
 //! [`TlsMode::Insecure`] uses a throw-away self-signed certificate, does not
 //! ask for client certificates and accepts any server certificate (handshake
@@ -27,6 +32,7 @@
 
 mod ca;
 mod identity;
+mod names;
 mod verify;
 
 use std::path::PathBuf;
@@ -39,6 +45,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use ca::ClusterCa;
 pub use identity::NodeIdentity;
+pub use names::CertificateNames;
 
 /// ALPN protocol identifier spoken by chorus agents.
 pub const ALPN: &[u8] = b"chorus/1";

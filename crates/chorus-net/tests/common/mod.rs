@@ -72,8 +72,13 @@ pub fn decode(bytes: &[u8]) -> ChitchatMessage {
 }
 
 /// Polls `cond` until it holds, failing the test after [`DEADLINE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, DEADLINE, cond).await
+}
+
+/// Polls `cond` until it holds, failing the test after `limit`.
+pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -137,4 +142,58 @@ pub fn quic(ca: &ClusterCa, node: &str) -> QuicTransport {
 /// [`quic`] with other timeouts.
 pub fn quic_tuned(ca: &ClusterCa, node: &str, tuning: QuicTuning) -> QuicTransport {
     QuicTransport::new(quic_config(ca, node).with_tuning(tuning))
+}
+
+pub mod raw;
+pub mod stall;
+
+/// Reopens `transport` on `addr` after its previous socket there was
+/// dropped: quinn releases the port shortly after, not at once.
+pub async fn reopen(
+    transport: &QuicTransport,
+    addr: SocketAddr,
+) -> Box<dyn chitchat::transport::Socket> {
+    use chitchat::transport::Transport;
+    let reopen_by = Instant::now() + DEADLINE;
+    loop {
+        match transport.open(addr).await {
+            Ok(socket) => return socket,
+            Err(err) => assert!(Instant::now() < reopen_by, "{err:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends `tag` from `from` (at `from_addr`) to `to` until it arrives, at most
+/// 40 tries of 250 ms: the first sends may go while a connection is refused.
+pub async fn deliver(
+    from: &mut Box<dyn Socket>,
+    from_addr: SocketAddr,
+    to: &mut Box<dyn Socket>,
+    to_addr: SocketAddr,
+    tag: &str,
+) {
+    for _ in 0..40 {
+        from.send(to_addr, syn(tag)).await.unwrap();
+        if let Ok(received) = timeout(Duration::from_millis(250), to.recv()).await {
+            assert_eq!(received.unwrap(), (from_addr, syn(tag)));
+            return;
+        }
+    }
+    panic!("{tag:?} never arrived");
+}
+
+/// The resident set size of this process, from /proc/self/status.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
 }
