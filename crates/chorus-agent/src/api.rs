@@ -44,19 +44,18 @@ pub enum Request {
 impl Request {
     /// Parses one request line strictly: an object with a known `cmd` and only that command's
     /// fields (serde ignores extra fields on field-less variants of a tagged enum, so they are
-    /// checked here: a typo must not be silently ignored).
+    /// checked here: a typo must not be silently ignored). The error is one line ([`one_line`]).
     pub fn parse(line: &str) -> Result<Request, String> {
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("invalid request: {e}"))?;
+        let invalid = |e: &dyn std::fmt::Display| one_line(&format!("invalid request: {e}"));
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| invalid(&e))?;
         if !value.is_object() {
             return Err("invalid request: expected a JSON object like {\"cmd\":\"status\"}".into());
         }
-        let request: Request =
-            serde_json::from_value(value.clone()).map_err(|e| format!("invalid request: {e}"))?;
+        let request: Request = serde_json::from_value(value.clone()).map_err(|e| invalid(&e))?;
         let known = serde_json::to_value(&request).expect("requests always serialize");
         if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
             if let Some(extra) = given.keys().find(|k| !known.contains_key(*k)) {
-                return Err(format!("invalid request: unknown field {extra:?}"));
+                return Err(invalid(&format!("unknown field {extra:?}")));
             }
         }
         Ok(request)
@@ -132,25 +131,48 @@ pub fn state_name(state: NodeState) -> &'static str {
 }
 
 pub fn running_as_root() -> bool {
-    effective_uid() == Some(0)
+    effective_uid() == 0
 }
 
-/// The effective uid, read without `unsafe` from the owner of `/proc/self`.
-pub fn effective_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
-/// `/run/chorus/chorus.sock` as root, else `$XDG_RUNTIME_DIR/chorus.sock`, else
-/// `/tmp/chorus-$UID.sock`.
+/// Where the agent and the commands meet without `--socket`: `/run/chorus/chorus.sock` as
+/// root, else `$XDG_RUNTIME_DIR/chorus.sock`, else `/tmp/chorus-$UID/chorus.sock`. The last
+/// lives in a directory of its own because `/tmp` is shared: another user could create a
+/// socket at a fixed name there first, but not inside a directory this user owns (the agent
+/// refuses one that another user made, `server::bind`).
 pub fn default_socket_path() -> PathBuf {
     if running_as_root() {
         return PathBuf::from("/run/chorus/chorus.sock");
     }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("chorus.sock");
     }
-    PathBuf::from(format!("/tmp/chorus-{}.sock", effective_uid().unwrap_or(0)))
+    PathBuf::from(format!("/tmp/chorus-{}/chorus.sock", effective_uid()))
+}
+
+/// Longest error message a request gets back: serde's messages quote the bad input, which
+/// may be most of a 64 KiB line.
+pub const MAX_ERROR_CHARS: usize = 300;
+
+/// `message` made fit for one line of a terminal: control characters (a newline in a quoted
+/// bad value) escaped, cut at [`MAX_ERROR_CHARS`].
+pub fn one_line(message: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in message.chars().enumerate() {
+        if i == MAX_ERROR_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -380,6 +380,7 @@ impl Settings {
             fingerprint_files: self.fingerprint_files,
             compat,
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
+            default_socket: self.socket.is_none(),
             socket: self.socket.unwrap_or_else(crate::api::default_socket_path),
             expect: self.expect.unwrap_or(0),
             tags: self.tags,
@@ -437,6 +438,9 @@ pub struct AgentConfig {
     pub compat: CompatPolicy,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    /// `socket` is the default path, not one the operator chose: its directory must be this
+    /// user's own (`server::bind`).
+    pub default_socket: bool,
     pub expect: usize,
     pub tags: BTreeMap<String, String>,
     pub gossip_interval: Duration,
