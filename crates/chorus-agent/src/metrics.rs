@@ -59,6 +59,8 @@ const MAX_HTTP_REQUEST: usize = 8 * 1024;
 /// and the answer be taken within as long again; else the connection is closed, so idle or
 /// slow connections cannot hold the endpoint's few slots.
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused scraper's connection stays open after its 503 (see `refuse_busy`).
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// The listeners whose refusals are counted.
 const LISTENERS: [&str; 2] = ["socket", "metrics"];
 
@@ -350,6 +352,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     let limit = Budget::for_fd_limit(crate::fdlimit::current_nofile_limit()).metrics;
     let permits = Arc::new(Semaphore::new(limit));
+    let refusing = Arc::new(Semaphore::new(limit));
     let mut backoff = AcceptBackoff::new();
     let mut refusals = LogEvery::new(Duration::from_secs(10));
     let mut connections = JoinSet::new();
@@ -361,7 +364,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             if let Some(count) = refusals.happened(tokio::time::Instant::now().into_std()) {
                 tracing::warn!(%peer, refused = count, limit, "metrics connection refused: too many open");
             }
-            refuse_busy(&stream);
+            // Refusals linger too, so they are bounded as well; beyond that the connection
+            // is closed without a word.
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                connections.spawn(async move {
+                    let _permit = permit;
+                    refuse_busy(stream).await;
+                });
+            }
             continue;
         };
         let metrics = metrics.clone();
@@ -381,22 +391,24 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-/// `503 Service Unavailable`, written without waiting (a new connection's send buffer is
-/// empty). What the client already sent is read first, so closing does not reset the
-/// connection before the answer is read.
-fn refuse_busy(stream: &TcpStream) {
-    let mut sent = [0u8; 1024];
-    for _ in 0..MAX_HTTP_REQUEST / sent.len() {
-        if !matches!(stream.try_read(&mut sent), Ok(n) if n > 0) {
-            break;
-        }
-    }
+/// Answers `503 Service Unavailable` and closes: the write side first, then, after reading
+/// what the client still sends for at most [`REFUSAL_LINGER`], the rest. Closing at once
+/// would reset a connection whose request is still arriving, and the reset can destroy the
+/// answer before the client reads it.
+async fn refuse_busy(mut stream: TcpStream) {
     let body = "too many connections to the metrics endpoint; try again later\n";
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(response.as_bytes());
+    let linger = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut ignored = [0u8; 1024];
+        while stream.read(&mut ignored).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }
 
 /// Reads one request head and answers it.

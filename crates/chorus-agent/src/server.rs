@@ -619,6 +619,69 @@ mod tests {
         status_answers(&server.path).await.unwrap();
     }
 
+    /// Every request a byte stream carries, as the connection loop reads them: each non-blank
+    /// line gives one request or one error line.
+    async fn answers(input: &[u8], capacity: usize) -> Vec<Result<Request, String>> {
+        let mut reader = BufReader::with_capacity(capacity, input);
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut reader).await.unwrap() {
+                Line::Text(t) if t.trim().is_empty() => continue,
+                line => match parse_line(line) {
+                    Some(answer) => out.push(answer),
+                    None => return out,
+                },
+            }
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::api::fuzz_cases()))]
+
+            #[test]
+            fn fuzz_socket_stream_gets_one_answer_per_line(
+                chunks in vec(
+                    prop_oneof![
+                        vec(any::<u8>(), 0..64),
+                        Just(b"{\"cmd\":\"status\"}".to_vec()),
+                        Just(b"\n".to_vec()),
+                        (0usize..3).prop_map(|k| vec![b'y'; MAX_REQUEST_BYTES - 1 + k]),
+                    ],
+                    0..12,
+                ),
+                capacity in 1usize..64,
+            ) {
+                let input = chunks.concat();
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let got = runtime.block_on(answers(&input, capacity));
+                let lines: Vec<&[u8]> = input
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !String::from_utf8_lossy(l).trim().is_empty())
+                    .collect();
+                prop_assert_eq!(got.len(), lines.len());
+                for (line, answer) in lines.iter().zip(&got) {
+                    match answer {
+                        Ok(request) => {
+                            let again = Request::parse(&String::from_utf8_lossy(line));
+                            prop_assert_eq!(again.as_ref(), Ok(request));
+                        }
+                        Err(message) => {
+                            prop_assert!(!message.chars().any(char::is_control), "{:?}", message);
+                            if line.len() > MAX_REQUEST_BYTES {
+                                prop_assert!(message.contains("larger than"), "{}", message);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     async fn lines(input: &[u8]) -> Vec<String> {
         let mut reader = BufReader::with_capacity(16, input);
         let mut out = Vec::new();

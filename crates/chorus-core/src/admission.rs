@@ -20,8 +20,9 @@ pub const RESERVED_CLIENTS: usize = 8;
 /// Unix-socket connections one user other than root and the agent's own may hold; one more
 /// is refused, so one local user cannot take every slot from the others.
 pub const MAX_CLIENTS_PER_UID: usize = 32;
-/// Metrics connections open at once; one more is answered `503 Service Unavailable` and
-/// closed.
+/// Metrics connections served at once; one more is answered `503 Service Unavailable` and
+/// closed (as many again may be lingering in their refusal, so the metrics endpoint holds
+/// at most twice this many descriptors).
 pub const MAX_METRICS_CONNECTIONS: usize = 16;
 /// Descriptors kept free for everything else the agent opens (gossip sockets, the data dir,
 /// task pipes, log files). When the descriptor limit is too low for this and the limits
@@ -32,6 +33,7 @@ pub const FD_HEADROOM: u64 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     pub socket: SocketLimits,
+    /// Metrics connections served at once (and refused at once, lingering).
     pub metrics: usize,
 }
 
@@ -63,7 +65,7 @@ impl Budget {
     /// stays at least 1.
     pub fn for_fd_limit(fd_limit: u64) -> Budget {
         let full = Budget::FULL;
-        let wanted = (full.socket.normal + full.socket.reserved + full.metrics) as u64;
+        let wanted = (full.socket.normal + full.socket.reserved + 2 * full.metrics) as u64;
         let available = fd_limit.saturating_sub(FD_HEADROOM);
         if available >= wanted {
             return full;
@@ -72,8 +74,8 @@ impl Budget {
         let available = available as usize;
         let reserved = (available / 4).clamp(1, RESERVED_CLIENTS);
         let rest = available.saturating_sub(reserved);
-        let metrics = (rest / 8).clamp(1, MAX_METRICS_CONNECTIONS);
-        let normal = rest.saturating_sub(metrics).clamp(1, MAX_CLIENTS);
+        let metrics = (rest / 16).clamp(1, MAX_METRICS_CONNECTIONS);
+        let normal = rest.saturating_sub(2 * metrics).clamp(1, MAX_CLIENTS);
         Budget {
             socket: SocketLimits {
                 normal,
@@ -313,11 +315,11 @@ mod tests {
         assert_eq!(Budget::for_fd_limit(256), Budget::FULL);
         let small = Budget::for_fd_limit(FD_HEADROOM + 40);
         assert_eq!(small.socket.reserved, 8);
-        assert_eq!(small.metrics, 4);
+        assert_eq!(small.metrics, 2);
         assert_eq!(small.socket.normal, 28);
         assert_eq!(small.socket.per_uid, 7);
-        let total = |b: Budget| (b.socket.normal + b.socket.reserved + b.metrics) as u64;
-        for limit in [FD_HEADROOM + 3, FD_HEADROOM + 40, 200, 230] {
+        let total = |b: Budget| (b.socket.normal + b.socket.reserved + 2 * b.metrics) as u64;
+        for limit in [FD_HEADROOM + 4, FD_HEADROOM + 40, 200, 231] {
             assert!(
                 total(Budget::for_fd_limit(limit)) <= limit - FD_HEADROOM,
                 "{limit}"
