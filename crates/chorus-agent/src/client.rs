@@ -82,11 +82,18 @@ impl Client {
         })
     }
 
-    /// Sends one request and reads one response.
+    /// Sends one request and reads one response. An agent at its connection limit answers
+    /// with one error line and closes before it reads the request: that line is the answer
+    /// even when sending the request failed.
     pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests always serialize");
         line.push(b'\n');
-        self.send_raw(&line).await?;
+        if let Err(sending) = self.send_raw(&line).await {
+            return match self.next_response().await {
+                Ok(refusal @ Response::Error { .. }) => Ok(refusal),
+                _ => Err(sending),
+            };
+        }
         self.next_response().await
     }
 

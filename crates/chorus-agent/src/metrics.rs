@@ -55,9 +55,9 @@ type Labels = Vec<(String, String)>;
 
 /// Longest HTTP request head read from a scraper; what follows is not read.
 const MAX_HTTP_REQUEST: usize = 8 * 1024;
-/// A scraper's whole request head must arrive within this long of the connection opening,
-/// and the answer be taken within as long again; else the connection is closed, so idle or
-/// slow connections cannot hold the endpoint's few slots.
+/// A scraper's request head must arrive, and the answer be taken, within this long of the
+/// connection opening; else the connection is closed, so idle or slow connections cannot hold
+/// the endpoint's few slots.
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused scraper's connection stays open after its 503 (see `refuse_busy`).
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
