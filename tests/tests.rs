@@ -9,6 +9,9 @@
 //! - `quic.rs`: the deployed transport in process: 10 agents over QUIC + mutual TLS, an agent
 //!   with another CA never seen alive.
 //! - `bad_input.rs`: junk on the socket and on the gossip port; requests from other users.
+//! - `local_hostile.rs`: other local users against a real agent process: a squatted default
+//!   socket, `--socket` at a regular file, idle-connection floods on the metrics port and the
+//!   socket, vanishing `watch` clients (root only for the parts played by other uids).
 //! - `drain.rs`: drain and resume in-process: a draining node is never picked once its state
 //!   has spread (the spread time is measured), it stays drained across a restart; bad
 //!   `pick`/`drain` flags.
@@ -45,6 +48,7 @@ mod cluster;
 mod drain;
 mod faults;
 mod leader_process;
+mod local_hostile;
 mod metrics;
 mod netns;
 mod partition;

@@ -202,7 +202,7 @@ pub async fn run(
             reason: format!("{e:#}"),
         })?;
 
-    let (listener, owner_uid) = server::bind(&config.socket).await?;
+    let (listener, owner_uid) = server::bind(&config.socket, config.default_socket).await?;
     let (inputs_tx, mut inputs) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(WATCH_BUFFER);
     let writable = config
@@ -240,6 +240,7 @@ pub async fn run(
             events,
             inputs: inputs_tx,
             owner_uid,
+            metrics: agent.metrics.clone(),
         },
     )));
     tracing::info!(

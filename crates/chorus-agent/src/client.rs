@@ -1,4 +1,9 @@
 //! The client side of the socket, used by the `chorus` command and by tests.
+//!
+//! Before it sends anything, a client checks who serves the socket (the peer's credentials,
+//! SO_PEERCRED, taken by the kernel when the agent listened): this user, root, or the agent
+//! user named with `--socket-owner`. A socket another user put at the path first (in `/tmp`)
+//! would otherwise answer `is-leader` with "yes" and `drain` with a fake "ok".
 
 use std::path::{Path, PathBuf};
 
@@ -6,12 +11,24 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 
-use crate::api::{Request, Response};
+use crate::api::{effective_uid, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no agent at {} (is `chorus agent` running?)", .0.display())]
     NoAgent(PathBuf),
+    #[error(
+        "refusing the agent at {path}: it is served by uid {served_by}, not by {trusted}; \
+         another user may have put it there (if the agent runs as that user, pass --socket-owner {served_by})",
+        path = .path.display()
+    )]
+    Untrusted {
+        path: PathBuf,
+        served_by: u32,
+        trusted: String,
+    },
+    #[error("cannot tell who serves {}: {reason}", .path.display())]
+    UnknownServer { path: PathBuf, reason: String },
     #[error("lost the agent at {path}: {reason}", path = .0.display(), reason = .1)]
     Io(PathBuf, String),
     #[error("the agent sent an answer this chorus does not understand: {0}")]
@@ -25,10 +42,38 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to an agent run by this user or root.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        Client::connect_to_agent_of(path, None).await
+    }
+
+    /// Connects to an agent run by this user, root, or `agent_uid`.
+    pub async fn connect_to_agent_of(
+        path: &Path,
+        agent_uid: Option<u32>,
+    ) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|_| ClientError::NoAgent(path.to_path_buf()))?;
+        let served_by = stream
+            .peer_cred()
+            .map_err(|e| ClientError::UnknownServer {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .uid();
+        let me = effective_uid();
+        if served_by != 0 && served_by != me && Some(served_by) != agent_uid {
+            let mut trusted = format!("this user (uid {me}) or root");
+            if let Some(uid) = agent_uid {
+                trusted = format!("uid {uid}, {trusted}");
+            }
+            return Err(ClientError::Untrusted {
+                path: path.to_path_buf(),
+                served_by,
+                trusted,
+            });
+        }
         let (read, writer) = stream.into_split();
         Ok(Client {
             path: path.to_path_buf(),
@@ -37,11 +82,18 @@ impl Client {
         })
     }
 
-    /// Sends one request and reads one response.
+    /// Sends one request and reads one response. An agent at its connection limit answers
+    /// with one error line and closes before it reads the request: that line is the answer
+    /// even when sending the request failed.
     pub async fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests always serialize");
         line.push(b'\n');
-        self.send_raw(&line).await?;
+        if let Err(sending) = self.send_raw(&line).await {
+            return match self.next_response().await {
+                Ok(refusal @ Response::Error { .. }) => Ok(refusal),
+                _ => Err(sending),
+            };
+        }
         self.next_response().await
     }
 
@@ -72,7 +124,34 @@ impl Client {
     }
 }
 
-/// One request on a fresh connection.
+/// One request on a fresh connection to an agent run by this user or root.
 pub async fn call(path: &Path, request: &Request) -> Result<Response, ClientError> {
     Client::connect(path).await?.call(request).await
+}
+
+/// A user for `--socket-owner`: a name from the user database or a numeric uid.
+pub fn parse_user(user: &str) -> Result<u32, String> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!("no user named {user:?}")),
+        Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_names_or_uids() {
+        assert_eq!(parse_user("0"), Ok(0));
+        assert_eq!(parse_user("root"), Ok(0));
+        assert_eq!(parse_user("4000000000"), Ok(4_000_000_000));
+        assert!(parse_user("no-such-user-here")
+            .unwrap_err()
+            .contains("no user named"));
+    }
 }

@@ -14,6 +14,9 @@ use serde::Deserialize;
 pub const MAX_ID_LEN: usize = 64;
 /// Longest tag value.
 pub const MAX_TAG_VALUE_LEN: usize = 256;
+/// Largest config file read; a bigger one is refused (a real one is a few hundred bytes; this
+/// keeps a mistaken `--config /dev/zero` or a huge file from filling memory).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -169,18 +172,39 @@ pub struct TaskSpec {
 
 impl Settings {
     pub fn from_toml_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        use std::io::Read;
+        let read_error = |reason: String| ConfigError::Read {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| read_error(e.to_string()))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(read_error(format!(
+                "larger than {MAX_CONFIG_BYTES} bytes; is this the config file?"
+            )));
+        }
         Settings::from_toml(&text).map_err(|reason| ConfigError::Parse {
             path: path.to_path_buf(),
             reason,
         })
     }
 
+    /// Parses a config file's text. The error is one line, with the line it is about.
     pub fn from_toml(text: &str) -> Result<Settings, String> {
-        toml::from_str(text).map_err(|e| e.message().to_string())
+        toml::from_str(text).map_err(|e| {
+            let message = crate::api::one_line(e.message());
+            match e.span() {
+                Some(span) => {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count().saturating_add(1);
+                    format!("line {line}: {message}")
+                }
+                None => message,
+            }
+        })
     }
 
     /// `self` (the flags) wins over `file`; lists given as flags replace the file's; tags merge
@@ -380,6 +404,7 @@ impl Settings {
             fingerprint_files: self.fingerprint_files,
             compat,
             data_dir: self.data_dir.unwrap_or_else(default_data_dir),
+            default_socket: self.socket.is_none(),
             socket: self.socket.unwrap_or_else(crate::api::default_socket_path),
             expect: self.expect.unwrap_or(0),
             tags: self.tags,
@@ -437,6 +462,9 @@ pub struct AgentConfig {
     pub compat: CompatPolicy,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    /// `socket` is the default path, not one the operator chose: its directory must be this
+    /// user's own (`server::bind`).
+    pub default_socket: bool,
     pub expect: usize,
     pub tags: BTreeMap<String, String>,
     pub gossip_interval: Duration,
@@ -536,6 +564,188 @@ fn default_data_dir() -> PathBuf {
         None => std::env::var_os("HOME")
             .map(|h| PathBuf::from(h).join(".local/state/chorus"))
             .unwrap_or_else(|| PathBuf::from("/tmp/chorus-state")),
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::api::{fuzz_cases, mutate};
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    /// The README's example, a valid file.
+    const EXAMPLE: &str = r#"node-id = "web1"
+cluster = "shop"
+listen = "10.0.0.1:7946"
+seeds = ["10.0.0.1:7946", "10.0.0.2:7946"]
+app-version = "5.2.1"
+cluster-key = "/etc/chorus/cluster.pem"
+data-dir = "/var/lib/chorus"
+gossip-interval = "400ms"
+metrics-addr = "127.0.0.1:9464"
+
+[tags]
+zone = "a"
+
+[[task]]
+name = "cleanup"
+every = "1h"
+command = "/usr/local/bin/cleanup"
+jitter = "1m"
+"#;
+
+    /// What the agent does with a config file's text: settings that validate or not, or
+    /// one error line; never a panic.
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        match Settings::from_toml(text) {
+            Ok(settings) => {
+                if let Err(e) = settings.validate() {
+                    let line = e.to_string();
+                    prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
+                }
+            }
+            Err(reason) => {
+                prop_assert!(!reason.is_empty());
+                prop_assert!(!reason.chars().any(char::is_control), "{:?}", reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// TOML-ish text: lines of known and unknown keys with values of every TOML type, table
+    /// headers, and junk.
+    fn tomlish() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("node-id".to_string()),
+            Just("listen".into()),
+            Just("seeds".into()),
+            Just("gossip-interval".into()),
+            Just("expect".into()),
+            Just("insecure".into()),
+            Just("tags".into()),
+            Just("task".into()),
+            Just("metrics-addr".into()),
+            "[a-z\\-\\.\"é]{1,12}",
+        ];
+        let value = prop_oneof![
+            any::<String>().prop_map(|s| format!("{s:?}")),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            Just("1e400".to_string()),
+            Just("[1, \"a\", [true]]".into()),
+            Just("{ name = \"x\", every = \"1s\", command = \"true\" }".into()),
+            Just("\"\"\"multi\nline\"\"\"".into()),
+            "[ -~]{0,20}",
+        ];
+        let line = prop_oneof![
+            (key.clone(), value).prop_map(|(k, v)| format!("{k} = {v}")),
+            key.clone().prop_map(|k| format!("[{k}]")),
+            key.prop_map(|k| format!("[[{k}]]")),
+            any::<String>(),
+        ];
+        vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    /// A valid file and what it must load as.
+    fn valid() -> impl Strategy<Value = (String, String, Vec<u16>, BTreeMap<String, String>, u64)> {
+        (
+            "[a-z][a-z0-9\\-]{0,20}",
+            "[a-z][a-z0-9_]{0,10}",
+            vec(1u16.., 0..4),
+            btree_map("[a-z][a-z0-9_\\-]{0,10}", "[a-zA-Z0-9 ._]{0,20}", 0..4),
+            10u64..60_000,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+        #[test]
+        fn fuzz_config_loader_arbitrary_text(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn fuzz_config_loader_tomlish_text(text in tomlish()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn fuzz_config_loader_mutated_example(
+            edits in vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8),
+        ) {
+            let text = mutate(EXAMPLE.as_bytes().to_vec(), &edits);
+            check(&String::from_utf8_lossy(&text))?;
+        }
+
+        #[test]
+        fn fuzz_config_loader_valid_configs_load(
+            (node, cluster, ports, tags, interval_ms) in valid(),
+        ) {
+            let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let mut text = format!(
+                "node-id = {node:?}\ncluster = {cluster:?}\nseeds = {seeds:?}\ngossip-interval = \"{interval_ms}ms\"\n[tags]\n"
+            );
+            for (k, v) in &tags {
+                text.push_str(&format!("{k} = {v:?}\n"));
+            }
+            let config = Settings::from_toml(&text)
+                .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?
+                .validate()
+                .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+            prop_assert_eq!(config.node_id, node);
+            prop_assert_eq!(config.cluster, cluster);
+            prop_assert_eq!(config.seeds, seeds);
+            prop_assert_eq!(config.tags, tags);
+            prop_assert_eq!(config.gossip_interval, Duration::from_millis(interval_ms));
+        }
+    }
+
+    #[test]
+    fn fuzz_config_loader_seeds() {
+        let deep_array = format!("seeds = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_table = format!("x = {}{}", "{ a = ".repeat(50_000), "}".repeat(50_000));
+        let dotted = format!("{} = 1", vec!["a"; 50_000].join("."));
+        for text in [
+            EXAMPLE,
+            deep_array.as_str(),
+            deep_table.as_str(),
+            dotted.as_str(),
+            "\"node\\nid\" = 1",
+            "node-id = \"a\"\nnode-id = \"b\"",
+            "expect = -1",
+            "expect = 99999999999999999999",
+            "[tags]\n\"é\" = \"x\"",
+            "\u{feff}node-id = \"a\"",
+        ] {
+            check(text).unwrap();
+        }
+        let ok = Settings::from_toml(EXAMPLE).unwrap().validate().unwrap();
+        assert_eq!(ok.tasks[0].name, "cleanup");
+        let err = Settings::from_toml("cluster = \"c\"\n\"node\\nid\" = 1").unwrap_err();
+        assert!(
+            err.starts_with("line 2: unknown field `node\\nid`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        std::fs::write(
+            &path,
+            line.repeat(MAX_CONFIG_BYTES as usize / line.len() + 1),
+        )
+        .unwrap();
+        match Settings::from_toml_file(&path) {
+            Err(ConfigError::Read { reason, .. }) => {
+                assert!(reason.contains("larger than"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
 

@@ -12,7 +12,10 @@
 //!   outside world here: it reads tokio's clock and holds a tokio mutex, so the agent takes the
 //!   lock briefly, copies what core needs and lets go.
 //! - [`publish`]: core's state -> the view the socket and the metrics answer from.
-//! - [`server`] / [`client`] / [`api`]: the socket protocol, both ends.
+//! - [`server`] / [`client`] / [`api`]: the socket protocol, both ends; [`socket_path`]: a
+//!   safe place for the socket (a private directory for the default path, nothing but a
+//!   stale socket ever removed); `accept`: accept loops that back off on errors.
+//! - [`fdlimit`]: the open-file limit, raised at start.
 //! - [`datadir`]: generation, roster and drain state, written atomically.
 //! - [`sysload`]: host cpu and memory from `/proc`.
 //! - [`logging`]: tracing setup and the `alert=<kind>` events.
@@ -22,11 +25,13 @@
 //! - [`metrics`]: Prometheus text format on `--metrics-addr`.
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod datadir;
+pub mod fdlimit;
 pub mod gossip;
 pub mod hooks;
 pub mod logging;
@@ -34,6 +39,7 @@ pub mod metrics;
 pub mod observe;
 pub mod publish;
 pub mod server;
+pub mod socket_path;
 pub mod sysload;
 pub mod tasks;
 pub mod transport;

@@ -27,6 +27,11 @@
 //! | `chorus_net_buffered_bytes` | gauge | bytes held for incoming streams and for messages waiting for chitchat |
 //! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
 //! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
+//! | `chorus_local_connections_refused_total{listener}` | counter | connections to the Unix socket (`socket`) or this endpoint (`metrics`) refused at their limit |
+//!
+//! The endpoint serves at most `MAX_METRICS_CONNECTIONS` (chorus-core's `admission`) at once
+//! and answers one more `503 Service Unavailable`; a request not complete within
+//! [`HTTP_REQUEST_TIMEOUT`] is dropped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,12 +51,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use chorus_core::admission::{AcceptBackoff, Budget, LogEvery};
+
+use crate::accept::accept_next;
 
 type Labels = Vec<(String, String)>;
 
-/// Longest HTTP request head read from a scraper.
+/// Longest HTTP request head read from a scraper; what follows is not read.
 const MAX_HTTP_REQUEST: usize = 8 * 1024;
+/// A scraper's request head must arrive, and the answer be taken, within this long of the
+/// connection opening; else the connection is closed, so idle or slow connections cannot hold
+/// the endpoint's few slots.
+pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused scraper's connection stays open after its 503 (see `refuse_busy`).
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// The listeners whose refusals are counted.
+const LISTENERS: [&str; 2] = ["socket", "metrics"];
 
 const STATUSES: [Status; 5] = [
     Status::Alive,
@@ -79,6 +98,8 @@ pub struct Metrics {
     net: [Counter; NET_COUNTERS],
     last_net: Mutex<NetStats>,
     buffered_bytes: Gauge,
+    /// One per [`LISTENERS`].
+    refused: [Counter; 2],
 }
 
 /// One counter per field of [`NetStats`] but the gauge `buffered_bytes`.
@@ -257,6 +278,17 @@ impl Metrics {
             "One agent round: read gossip, decide, act",
             tick.clone(),
         );
+        let refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "local_connections_refused",
+            "Connections to the Unix socket or the metrics endpoint refused at their limit",
+            refused.clone(),
+        );
+        let refused = LISTENERS.map(|l| {
+            refused
+                .get_or_create(&vec![("listener".into(), l.into())])
+                .clone()
+        });
         let net: [Counter; NET_COUNTERS] = Default::default();
         for ((name, help, _), c) in net_counters(&NetStats::default()).into_iter().zip(&net) {
             registry.register(name, help, c.clone());
@@ -282,6 +314,7 @@ impl Metrics {
             net,
             last_net: Mutex::new(NetStats::default()),
             buffered_bytes,
+            refused,
         }
     }
 
@@ -289,6 +322,13 @@ impl Metrics {
         self.alerts
             .get_or_create(&vec![("kind".into(), kind.into())])
             .inc();
+    }
+
+    /// A connection to `listener` (`socket` or `metrics`) was refused at its limit.
+    pub fn refused(&self, listener: &str) {
+        if let Some(i) = LISTENERS.iter().position(|l| *l == listener) {
+            self.refused[i].inc();
+        }
     }
 
     pub fn tick(&self, took: Duration) {
@@ -368,48 +408,181 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `GET /metrics` (and `/`) until the task is aborted.
+/// Serves `GET /metrics` (and `/`) until the task is aborted; aborting it also ends the open
+/// connections (they live in a `JoinSet` it owns).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let limit = Budget::for_fd_limit(crate::fdlimit::current_nofile_limit()).metrics;
+    let permits = Arc::new(Semaphore::new(limit));
+    let refusing = Arc::new(Semaphore::new(limit));
+    let mut backoff = AcceptBackoff::new();
+    let mut refusals = LogEvery::new(Duration::from_secs(10));
+    let mut connections = JoinSet::new();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = accept_next("metrics", &mut backoff, || listener.accept()).await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.refused("metrics");
+            if let Some(count) = refusals.happened(tokio::time::Instant::now().into_std()) {
+                tracing::warn!(%peer, refused = count, limit, "metrics connection refused: too many open");
+            }
+            // Refusals linger too, so they are bounded as well; beyond that the connection
+            // is closed without a word.
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                connections.spawn(async move {
+                    let _permit = permit;
+                    refuse_busy(stream).await;
+                });
+            }
             continue;
         };
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
+            let _permit = permit;
             let started = Instant::now();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HTTP_REQUEST {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
+            if tokio::time::timeout(HTTP_REQUEST_TIMEOUT, answer(stream, &metrics))
+                .await
+                .is_ok()
+            {
+                tracing::trace!(
+                    took_us = started.elapsed().as_micros() as u64,
+                    "metrics scraped"
+                );
+            }
+        });
+    }
+}
+
+/// Answers `503 Service Unavailable` and closes: the write side first, then, after reading
+/// what the client still sends for at most [`REFUSAL_LINGER`], the rest. Closing at once
+/// would reset a connection whose request is still arriving, and the reset can destroy the
+/// answer before the client reads it.
+async fn refuse_busy(mut stream: TcpStream) {
+    let body = "too many connections to the metrics endpoint; try again later\n";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let linger = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut ignored = [0u8; 1024];
+        while stream.read(&mut ignored).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}
+
+/// Reads one request head and answers it.
+async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HTTP_REQUEST {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, body, ctype) = if line.starts_with("GET ") && (path == "/metrics" || path == "/") {
+        (
+            "200 OK",
+            metrics.render(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            "404 Not Found",
+            "not found: try GET /metrics\n".to_string(),
+            "text/plain",
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::admission::MAX_METRICS_CONNECTIONS;
+
+    async fn start() -> (SocketAddr, Arc<Metrics>, tokio::task::JoinHandle<()>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(serve(listener, metrics.clone()));
+        (addr, metrics, task)
+    }
+
+    /// Sends `GET /metrics` on `stream` and reads the whole answer.
+    async fn get(mut stream: TcpStream) -> String {
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_beyond_the_limit_get_503_and_idle_ones_are_closed() {
+        let (addr, metrics, _task) = start().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_METRICS_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // The next scraper is turned away at once, with a reason.
+        let started = tokio::time::Instant::now();
+        let refused = get(TcpStream::connect(addr).await.unwrap()).await;
+        assert!(
+            refused.starts_with("HTTP/1.1 503 Service Unavailable"),
+            "{refused}"
+        );
+        assert!(started.elapsed() < HTTP_REQUEST_TIMEOUT);
+        assert!(metrics
+            .render()
+            .contains("chorus_local_connections_refused_total{listener=\"metrics\"} 1"));
+        // The idle ones are closed after the timeout, and scrapes are served again.
+        for mut stream in idle {
+            let mut buf = [0u8; 16];
+            let closed = tokio::time::timeout(HTTP_REQUEST_TIMEOUT * 2, stream.read(&mut buf))
+                .await
+                .expect("an idle connection is closed");
+            assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        }
+        let ok = get(TcpStream::connect(addr).await.unwrap()).await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dribbled_byte_by_byte_is_cut_off_at_the_deadline() {
+        let (addr, _metrics, _task) = start().await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let dribble = async {
+            for b in b"GET /metrics HTTP/1.1\r\nX-Slow: "
+                .iter()
+                .cycle()
+                .take(10_000)
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if slow.write_all(&[*b]).await.is_err() {
+                    break;
                 }
             }
-            let line = String::from_utf8_lossy(&head);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, body, ctype) =
-                if line.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                    (
-                        "200 OK",
-                        metrics.render(),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                } else {
-                    (
-                        "404 Not Found",
-                        "not found: try GET /metrics\n".to_string(),
-                        "text/plain",
-                    )
-                };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            tracing::trace!(
-                took_us = started.elapsed().as_micros() as u64,
-                "metrics scraped"
-            );
-        });
+        };
+        let _ = tokio::time::timeout(HTTP_REQUEST_TIMEOUT * 3, dribble).await;
+        let mut buf = [0u8; 64];
+        let end = tokio::time::timeout(Duration::from_secs(1), slow.read(&mut buf)).await;
+        assert!(
+            matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+            "still open after {:?}: {end:?}",
+            started.elapsed()
+        );
     }
 }

@@ -52,7 +52,9 @@ pub struct AgentArgs {
     /// Where the generation and roster are kept.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The Unix socket to serve.
+    /// The Unix socket to serve [default: /run/chorus/chorus.sock as root, else
+    /// $XDG_RUNTIME_DIR/chorus.sock, else /tmp/chorus-$UID/chorus.sock, its directory
+    /// created 0700]. Only a stale socket at the path is ever replaced.
     #[arg(long, env = "CHORUS_SOCKET")]
     socket: Option<PathBuf>,
     /// Never count quorum against fewer than N members.
@@ -159,6 +161,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     };
     logging::init(config.log_format);
+    match chorus_agent::fdlimit::raise_nofile_limit() {
+        Ok(raised) if raised.after > raised.before => tracing::debug!(
+            from = raised.before,
+            to = raised.after,
+            hard = raised.hard,
+            "raised the open-file limit"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}; connection limits shrink to fit"),
+    }
     let exit = match chorus_agent::run(config, TransportChoice::FromConfig, shutdown_signal()).await
     {
         Err(AgentError::Panic) => return Ok(ExitCode::from(PANIC_EXIT_CODE)),

@@ -27,9 +27,14 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct ClientOpts {
     /// The agent's Unix socket [default: /run/chorus/chorus.sock as root,
-    /// else $XDG_RUNTIME_DIR/chorus.sock, else /tmp/chorus-$UID.sock]
+    /// else $XDG_RUNTIME_DIR/chorus.sock, else /tmp/chorus-$UID/chorus.sock]
     #[arg(long, env = "CHORUS_SOCKET", global = true)]
     socket: Option<PathBuf>,
+    /// Also trust an agent run by this user (name or uid); by default only an agent run by
+    /// yourself or root is answered, so another user's socket at the path is refused.
+    #[arg(long, env = "CHORUS_SOCKET_OWNER", global = true, value_name = "USER",
+          value_parser = chorus_agent::client::parse_user)]
+    socket_owner: Option<u32>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -40,6 +45,13 @@ impl ClientOpts {
         self.socket
             .clone()
             .unwrap_or_else(chorus_agent::api::default_socket_path)
+    }
+
+    /// A connection to the agent, checked to be served by a user this command trusts.
+    async fn connect(
+        &self,
+    ) -> Result<chorus_agent::client::Client, chorus_agent::client::ClientError> {
+        chorus_agent::client::Client::connect_to_agent_of(&self.socket(), self.socket_owner).await
     }
 }
 

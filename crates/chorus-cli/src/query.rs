@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use chorus_agent::api::{Request, Response};
-use chorus_agent::client::{self, Client};
 use chorus_core::member::Status;
 
 use crate::render;
@@ -19,7 +18,7 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 async fn call(opts: &ClientOpts, request: Request) -> anyhow::Result<Response> {
-    match client::call(&opts.socket(), &request).await? {
+    match opts.connect().await?.call(&request).await? {
         Response::Error { message } => bail!("{message}"),
         other => Ok(other),
     }
@@ -193,7 +192,7 @@ pub async fn leave(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn watch(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&opts.socket()).await?;
+    let mut client = opts.connect().await?;
     match client.call(&Request::Watch).await? {
         Response::Watching => {}
         Response::Error { message } => bail!("{message}"),

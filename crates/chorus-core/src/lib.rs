@@ -5,6 +5,8 @@
 //! carries out the [`node::Effect`]s it returns; tests drive it with a fake clock.
 //!
 //! # Layout
+//! - [`admission`]: who may hold a connection to the local socket and metrics port, and how
+//!   an accept loop backs off after errors.
 //! - [`fingerprint`]: version fingerprints and the `--compat` policy (who is refused and why).
 //! - [`member`]: the gossip schema (keys a node publishes) and the `members` row.
 //! - [`view`]: from gossip observations to one status per node id.
@@ -19,6 +21,7 @@
 //! - [`node`]: the state machine tying these together: `handle_*` in, `poll_effect` out.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod alert;
 pub mod consensus;
 pub mod fingerprint;

@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn the_lowest_id_starts_once_expect_nodes_are_seen() {
         let (n1, n2, n3) = (seen(1, 0, true), seen(2, 0, true), seen(3, 0, true));
-        assert_eq!(ids(voters_to_start(&n1, std::slice::from_ref(&n2), 3, 5)), None);
+        assert_eq!(
+            ids(voters_to_start(&n1, std::slice::from_ref(&n2), 3, 5)),
+            None
+        );
         assert_eq!(
             ids(voters_to_start(&n1, &[n2.clone(), n3.clone()], 3, 5)),
             Some(vec![101, 102, 103])
