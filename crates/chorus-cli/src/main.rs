@@ -9,6 +9,7 @@ mod keygen;
 mod memory;
 mod query;
 mod render;
+mod task_guard;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -134,6 +135,9 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// The agent's watchdog around one task run (internal: started by the agent).
+    #[command(hide = true)]
+    TaskGuard(task_guard::GuardArgs),
 }
 
 /// `--sessions`: a whole number, 0 or more. Negative numbers reach this parser (rather than
@@ -150,7 +154,12 @@ const MAX_WORKER_THREADS: usize = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Agent(_)) {
+    // The guard is small and synchronous: no runtime, no worker threads.
+    let command = match cli.command {
+        Command::TaskGuard(args) => return task_guard::run(args),
+        other => other,
+    };
+    if matches!(command, Command::Agent(_)) {
         memory::use_one_malloc_arena();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -168,7 +177,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Agent(args) => agent_cmd::run(*args).await,
             Command::Keygen { out, cluster } => keygen::run(&out, &cluster),
             Command::Members {
@@ -194,6 +203,7 @@ fn main() -> ExitCode {
                 client,
             } => query::drain(&client, wait, timeout).await,
             Command::Resume { client } => query::resume(&client).await,
+            Command::TaskGuard(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
