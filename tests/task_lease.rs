@@ -118,6 +118,8 @@ async fn stop_sends_sigterm_then_sigkill_after_the_grace() {
     println!(
         "runner: stop() -> SIGTERM seen {term_at:?}, the task gone {dead_at:?} (grace {DEFAULT_STOP_GRACE:?})"
     );
+    // DESIGN.md: "SIGTERM at lease loss and SIGKILL after a grace (default 2 s)".
+    assert_eq!(DEFAULT_STOP_GRACE, Duration::from_secs(2));
     assert!(term_at <= SLACK, "SIGTERM {term_at:?} after stop()");
     assert!(
         dead_at >= DEFAULT_STOP_GRACE && dead_at <= DEFAULT_STOP_GRACE + SLACK,
@@ -223,18 +225,32 @@ fn lines(file: &Path) -> Vec<Line> {
         .collect()
 }
 
+/// Tasks that append a line to `DIR/tick` each second. Several: each is a chance for an agent
+/// woken from SIGSTOP to start a stale run before it notices it lost the lease (the timers of
+/// the task loops and of the agent's tick all expired during the stop; which runs first is up
+/// to the scheduler).
+const TICK_TASKS: usize = 4;
+
 /// Task flags: `hold` runs for ever, noting its pid in `DIR/hold-NODE-EPOCH.pid` and a line
-/// in `DIR/hold` every 100 ms; `tick` appends one line to `DIR/tick` each second.
-fn task_flags(dir: &Path) -> (String, String) {
+/// in `DIR/hold` every 100 ms; then [`TICK_TASKS`] `tick` tasks that append one line each to
+/// `DIR/tick` each second, and ignore SIGTERM, so that a run started at all writes its line
+/// (SIGKILL comes only after the grace).
+fn task_flags(dir: &Path) -> Vec<String> {
     let d = dir.display();
     let line = "\"$CHORUS_NODE_ID $CHORUS_LEADER_EPOCH $(date +%s.%N)\"";
-    (
-        format!(
-            "hold=1s:echo $$ > {d}/hold-$CHORUS_NODE_ID-$CHORUS_LEADER_EPOCH.pid; \
-             while :; do echo {line} >> {d}/hold; sleep 0.1; done"
-        ),
-        format!("tick=1s:echo {line} >> {d}/tick"),
-    )
+    let mut flags = vec![format!(
+        "hold=1s:echo $$ > {d}/hold-$CHORUS_NODE_ID-$CHORUS_LEADER_EPOCH.pid; \
+         while :; do echo {line} >> {d}/hold; sleep 0.1; done"
+    )];
+    for i in 0..TICK_TASKS {
+        flags.push(format!("tick{i}=1s:trap '' TERM; echo {line} >> {d}/tick"));
+    }
+    flags
+}
+
+/// `--task FLAG` for each of `flags`.
+fn task_args(flags: &[String]) -> Vec<&str> {
+    flags.iter().flat_map(|f| ["--task", f.as_str()]).collect()
 }
 
 fn hold_pid_file(dir: &Path, node: &str, epoch: u64) -> PathBuf {
@@ -247,7 +263,7 @@ async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_si
     let grace = DEFAULT_STOP_GRACE;
     let key = KeyFile::keygen("proc-lease");
     let dir = tmp();
-    let (hold, tick) = task_flags(dir.path());
+    let flags = task_flags(dir.path());
     let mut agents: Vec<ProcAgent> = Vec::new();
     for i in 1..=3 {
         let seeds: Vec<_> = agents.first().map(|a| a.addr).into_iter().collect();
@@ -257,7 +273,7 @@ async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_si
             &key,
             &seeds,
             INTERVAL,
-            &["--task", &hold, "--task", &tick],
+            &task_args(&flags),
         ));
     }
     let all: Vec<&ProcAgent> = agents.iter().collect();
@@ -320,7 +336,7 @@ async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_si
                 .iter()
                 .filter(|l| l.epoch == new_epoch && l.time > resumed_at)
                 .count();
-            if after >= 2 {
+            if after >= 2 * TICK_TASKS {
                 Ok(())
             } else {
                 Err(format!("{t:?}"))
@@ -348,8 +364,9 @@ async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_si
     }
     let log = agents[at].process.log();
     assert!(
-        log.contains("task stopped by its guard"),
-        "the old leader's log does not say its guard stopped the task:\n{log}"
+        log.contains("task stopped by its guard")
+            && log.contains("the lease deadline passed without a renewal"),
+        "the old leader's log does not say its guard stopped the task at the deadline:\n{log}"
     );
     println!(
         "after SIGCONT: the old leader refused a stale run: {}",
@@ -361,9 +378,15 @@ async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_si
 async fn kill_9_of_the_agent_takes_its_task_along() {
     let key = KeyFile::keygen("proc-kill9");
     let dir = tmp();
-    let (hold, _) = task_flags(dir.path());
-    let mut agent =
-        ProcAgent::spawn_with_interval("n1", "proc-kill9", &key, &[], INTERVAL, &["--task", &hold]);
+    let flags = task_flags(dir.path());
+    let mut agent = ProcAgent::spawn_with_interval(
+        "n1",
+        "proc-kill9",
+        &key,
+        &[],
+        INTERVAL,
+        &task_args(&flags[..1]),
+    );
     let alone = [&agent];
     let (node, epoch) = wait_until("n1 leads alone", SLOW, || agreed(&alone)).await;
     let pid = pids::written(&hold_pid_file(dir.path(), &node, epoch), SLOW).await;

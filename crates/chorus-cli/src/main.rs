@@ -226,6 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn the_task_guard_is_hidden_and_takes_its_command_after_a_double_dash() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("task-guard"), "{help}");
+        let guard = |rest: &[&str]| {
+            let mut args = vec!["chorus", "task-guard", "--grace", "2s"];
+            args.extend_from_slice(&["--deadline-ns", "5", "--agent-pid", "1"]);
+            args.extend_from_slice(rest);
+            Cli::try_parse_from(args)
+        };
+        assert!(guard(&["--", "/bin/sh", "-c", "echo --x"]).is_ok());
+        assert!(guard(&["/bin/sh"]).is_err());
+        assert!(guard(&["--"]).is_err());
+    }
+
+    #[test]
     fn bad_session_counts_are_usage_errors() {
         for bad in ["-1", "abc", ""] {
             assert!(

@@ -88,8 +88,10 @@ pub(super) async fn run_once(
         Some(c) if c == i32::from(EXIT_NOT_STARTED) => {
             tracing::warn!(task = %task, epoch, stdout = %out, stderr = %err, "task not started by its guard")
         }
-        Some(c) if c == i32::from(EXIT_STOPPED) && stop.is_none() => {
-            tracing::warn!(task = %task, epoch, stdout = %out, stderr = %err, "task stopped by its guard: the lease ran out before the agent renewed it")
+        // The guard's stderr says why: the lease deadline (the agent did not renew in time),
+        // the agent's stop, or the agent gone.
+        Some(c) if c == i32::from(EXIT_STOPPED) => {
+            tracing::warn!(task = %task, epoch, asked = ?stop, stdout = %out, stderr = %err, "task stopped by its guard")
         }
         _ => {
             tracing::warn!(task = %task, epoch, exit_code = ?code, stdout = %out, stderr = %err, "task failed")
@@ -166,6 +168,9 @@ async fn supervise(
     let mut escalated = false;
     loop {
         tokio::select! {
+            // An exit that is already there is reported as it happened, before a lease
+            // change that came at the same time (an agent woken from SIGSTOP sees both).
+            biased;
             status = child.wait() => return (status.ok(), stop),
             changed = lease.changed(), if stop.is_none() => {
                 let message = match (changed, *lease.borrow_and_update()) {
