@@ -126,7 +126,9 @@ impl TaskRunner {
         // ones wait until those must have ended.
         self.stopping.retain(|h| !h.is_finished());
         let start_not_before = match self.stopped_at {
-            Some(at) if !self.stopping.is_empty() => start_not_before.max(at + self.guard.grace),
+            Some(at) if !self.stopping.is_empty() => {
+                start_not_before.max(at.checked_add(self.guard.grace).unwrap_or(at))
+            }
             _ => start_not_before,
         };
         let (lease, lease_rx) = watch::channel(Lease::Held {

@@ -103,13 +103,38 @@ fn guard(args: GuardArgs) -> anyhow::Result<u8> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {}", program.to_string_lossy()))?;
-    let group =
-        Pid::from_raw(i32::try_from(child.id()).context("the command's pid does not fit a pid_t")?);
+    let group = match i32::try_from(child.id()) {
+        Ok(pid) => Pid::from_raw(pid),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the command's pid does not fit a pid_t: killed it");
+        }
+    };
+    if let Err(e) = watch(group, &mut dog, signals) {
+        // Unwatched, the run would have no deadline: it ends here.
+        say(&format!("{e:#}: SIGKILL to the task"));
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait();
+        return Ok(EXIT_STOPPED);
+    }
+    // The run is over: what it left in its group does not outlive it. The leader is still a
+    // zombie here, so the group id cannot have been reused.
+    let _ = killpg(group, Signal::SIGKILL);
+    let status = child.wait().context("cannot reap the task")?;
+    Ok(match dog.stopped() {
+        Some(_) => EXIT_STOPPED,
+        None => exit_code(status),
+    })
+}
 
+/// Feeds the watchdog until the command (the leader of `group`) has exited, and carries out
+/// its actions.
+fn watch(group: Pid, dog: &mut Watchdog, signals: SigSet) -> anyhow::Result<()> {
     let (events, inbox) = mpsc::channel();
-    spawn_stdin_reader(events.clone());
-    spawn_signal_waiter(signals, events.clone());
-    spawn_exit_waiter(group, events);
+    spawn_stdin_reader(events.clone()).context("cannot start the stdin reader")?;
+    spawn_signal_waiter(signals, events.clone()).context("cannot start the signal waiter")?;
+    spawn_exit_waiter(group, events).context("cannot start the exit waiter")?;
     loop {
         let event = match dog.next_wake() {
             Some(at) => inbox.recv_timeout(Duration::from_nanos(at.saturating_sub(mono_now()))),
@@ -120,8 +145,8 @@ fn guard(args: GuardArgs) -> anyhow::Result<u8> {
             Ok(Event::Input(input)) => dog.on_input(now, input),
             Err(RecvTimeoutError::Timeout) => dog.on_time(now),
             // The exit waiter ended: the command exited (or cannot be waited for, and the
-            // reap below says how it ended).
-            Ok(Event::Exited) | Err(RecvTimeoutError::Disconnected) => break,
+            // reap says how it ended).
+            Ok(Event::Exited) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
         let signal = match action {
             Action::Nothing => continue,
@@ -133,14 +158,6 @@ fn guard(args: GuardArgs) -> anyhow::Result<u8> {
         }
         let _ = killpg(group, signal);
     }
-    // The run is over: what it left in its group does not outlive it. The leader is still a
-    // zombie here, so the group id cannot have been reused.
-    let _ = killpg(group, Signal::SIGKILL);
-    let status = child.wait().context("cannot reap the task")?;
-    Ok(match dog.stopped() {
-        Some(_) => EXIT_STOPPED,
-        None => exit_code(status),
-    })
 }
 
 /// The command's status as an exit code: its own, or 128 + the signal that ended it.
@@ -154,8 +171,8 @@ fn exit_code(status: ExitStatus) -> u8 {
 }
 
 /// stdin -> messages; its end means the agent is gone.
-fn spawn_stdin_reader(events: Sender<Event>) {
-    std::thread::spawn(move || {
+fn spawn_stdin_reader(events: Sender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new().spawn(move || {
         let mut stdin = BufReader::new(std::io::stdin().lock());
         let mut line = Vec::new();
         loop {
@@ -169,12 +186,13 @@ fn spawn_stdin_reader(events: Sender<Event>) {
                 return;
             }
         }
-    });
+    })?;
+    Ok(())
 }
 
 /// SIGTERM / SIGINT -> stop; the parent-death signal -> the agent is gone.
-fn spawn_signal_waiter(signals: SigSet, events: Sender<Event>) {
-    std::thread::spawn(move || loop {
+fn spawn_signal_waiter(signals: SigSet, events: Sender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new().spawn(move || loop {
         let input = match signals.wait() {
             Ok(PARENT_DEATH_SIGNAL) => Input::AgentGone,
             Ok(_) => Input::Signalled,
@@ -183,14 +201,16 @@ fn spawn_signal_waiter(signals: SigSet, events: Sender<Event>) {
         if events.send(Event::Input(input)).is_err() {
             return;
         }
-    });
+    })?;
+    Ok(())
 }
 
 /// The command's exit, without reaping it (WNOWAIT): only the main thread reaps, after its
 /// last `killpg`.
-fn spawn_exit_waiter(pid: Pid, events: Sender<Event>) {
-    std::thread::spawn(move || {
+fn spawn_exit_waiter(pid: Pid, events: Sender<Event>) -> std::io::Result<()> {
+    std::thread::Builder::new().spawn(move || {
         let _ = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
         let _ = events.send(Event::Exited);
-    });
+    })?;
+    Ok(())
 }

@@ -198,12 +198,12 @@ async fn supervise(
                     tracing::warn!(task = %spec.name, guard_pid = child.id(), "the task's guard did not end the run in its grace: closing its pipe");
                     *stdin = None;
                     escalated = true;
-                    escalate_at = Some(tokio::time::Instant::now() + GUARD_EXIT_SLACK);
+                    escalate_at = in_time(GUARD_EXIT_SLACK);
                 }
             }
         }
         if stop.is_some() && escalate_at.is_none() && !escalated {
-            escalate_at = Some(tokio::time::Instant::now() + ctx.guard.grace + GUARD_EXIT_SLACK);
+            escalate_at = in_time(ctx.guard.grace.saturating_add(GUARD_EXIT_SLACK));
         }
     }
 }
@@ -225,6 +225,11 @@ async fn sleep_or_forever(d: Option<Duration>) {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// `d` from now on tokio's clock; `None` (never) past its end.
+fn in_time(d: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(d)
 }
 
 async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
