@@ -27,6 +27,14 @@
 //! - `partition.rs`: split-brain and leadership on a fault-injecting in-process network
 //!   (partitions, crashes, restarts, message loss), on tokio's paused clock: quorum and
 //!   split-brain alerts, and a seeded leader checker (`CHORUS_SEED` replays one schedule).
+//! - `task_guard.rs`: `chorus task-guard` alone: SIGTERM at the deadline and SIGKILL after
+//!   the grace, renewals, `stop`, nothing started past the deadline or without its agent, the
+//!   group killed at once when stdin closes or the parent dies.
+//! - `task_lease.rs`: tasks bound to the lease with real task processes: the runner with the
+//!   real guard (environment, stop = SIGTERM then SIGKILL after the grace, renewals, the
+//!   guard alone stopping a run that is not renewed), and real agents: SIGSTOP of the leader
+//!   (its task dies at the lease while it is stopped; no old-epoch run after SIGCONT), `kill
+//!   -9` of the agent (its task gone within a second).
 //! - `netns.rs`: real partitions between agents in network namespaces (root only,
 //!   `#[ignore]`d; `scripts/test.sh` runs them); its lab is `netns_support.rs`.
 //! - `support/`: helpers: `wait_until` (poll with a deadline, never a bare sleep), free
@@ -55,3 +63,5 @@ mod partition;
 mod process;
 mod quic;
 mod rolling;
+mod task_guard;
+mod task_lease;

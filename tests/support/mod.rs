@@ -1,6 +1,6 @@
 //! Helpers shared by every test: free loopback ports, [`wait_until`], test logging, in-process
-//! agents ([`agent`]), their recorded `watch` events ([`events`]) and the `chorus` binary
-//! ([`bin`]).
+//! agents ([`agent`]), their recorded `watch` events ([`events`]), the `chorus` binary
+//! ([`bin`]) and other processes' pids ([`pids`]).
 //!
 //! Synchronisation is always "poll a condition until a deadline" ([`wait_until`]), never a
 //! bare sleep: a slow machine only makes a test slower, never wrong.
@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bin;
 pub mod events;
+pub mod pids;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -29,7 +29,7 @@ use crate::observe::Observer;
 use crate::publish::ViewPublisher;
 use crate::server::{self, ApiView, Input, ServerState};
 use crate::sysload;
-use crate::tasks::TaskRunner;
+use crate::tasks::{GuardSettings, TaskRunner};
 use chorus_net::NetCounters;
 
 /// How often host load is sampled.
@@ -215,7 +215,15 @@ pub async fn run(
         publisher: ViewPublisher::new(started, persisted.generation, advertise),
         metrics,
         counters,
-        tasks: TaskRunner::new(config.tasks.clone(), config.node_id.clone(), writable),
+        tasks: TaskRunner::new(config.tasks.clone(), config.node_id.clone(), writable).with_guard(
+            GuardSettings {
+                program: config
+                    .task_guard
+                    .clone()
+                    .unwrap_or_else(|| GuardSettings::default().program),
+                ..GuardSettings::default()
+            },
+        ),
         on_split_brain: config.on_split_brain.clone(),
         panic_exit: config.panic_exit,
         panicked: false,
@@ -341,6 +349,7 @@ pub async fn run(
         return Ok(exit);
     }
     agent.leave(config.gossip_interval).await;
+    agent.tasks.stop_and_wait().await;
     if let Some((reply, written)) = reply {
         let _ = reply.send(Response::Done {
             message: format!("{} left the cluster", config.node_id),
@@ -402,6 +411,11 @@ impl Running {
         }
         self.node.handle_gossip(now, self.observer.observations());
         self.apply_effects().await;
+        // The gossip lease, until Raft gives one: renewed for a lease on every step that
+        // still leads.
+        if self.node.leading().is_some() {
+            self.tasks.renew(now + self.node.config().lease);
+        }
         self.publish_view(now);
         self.metrics.tick(started.elapsed());
     }
@@ -449,7 +463,8 @@ impl Running {
                 }
                 Effect::LeadershipAcquired { epoch } => {
                     tracing::info!(epoch, "this node is now the leader");
-                    self.tasks.start(epoch);
+                    let now = now();
+                    self.tasks.lead(epoch, now + self.node.config().lease, now);
                 }
                 Effect::LeadershipLost { epoch } => {
                     tracing::info!(epoch, "this node is no longer the leader");

@@ -395,6 +395,7 @@ impl Settings {
             on_split_brain: self.on_split_brain,
             panic_exit: self.panic_exit.unwrap_or(false),
             tasks,
+            task_guard: None,
             node_id,
             cluster,
             listen,
@@ -477,6 +478,9 @@ pub struct AgentConfig {
     /// Exit instead when quorum is lost.
     pub panic_exit: bool,
     pub tasks: Vec<TaskSpec>,
+    /// The `chorus` binary that guards task runs (`chorus task-guard`); `None`: the agent's
+    /// own binary. Not a flag: an in-process agent (a test) names the real binary here.
+    pub task_guard: Option<PathBuf>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
 }

@@ -9,6 +9,7 @@ mod keygen;
 mod memory;
 mod query;
 mod render;
+mod task_guard;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,6 +147,9 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// The agent's watchdog around one task run (internal: started by the agent).
+    #[command(hide = true)]
+    TaskGuard(task_guard::GuardArgs),
 }
 
 /// `--sessions`: a whole number, 0 or more. Negative numbers reach this parser (rather than
@@ -162,7 +166,12 @@ const MAX_WORKER_THREADS: usize = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Agent(_)) {
+    // The guard is small and synchronous: no runtime, no worker threads.
+    let command = match cli.command {
+        Command::TaskGuard(args) => return task_guard::run(args),
+        other => other,
+    };
+    if matches!(command, Command::Agent(_)) {
         memory::use_one_malloc_arena();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -180,7 +189,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Agent(args) => agent_cmd::run(*args).await,
             Command::Keygen { out, cluster } => keygen::run(&out, &cluster),
             Command::Members {
@@ -206,6 +215,7 @@ fn main() -> ExitCode {
                 client,
             } => query::drain(&client, wait, timeout).await,
             Command::Resume { client } => query::resume(&client).await,
+            Command::TaskGuard(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
@@ -225,6 +235,21 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_task_guard_is_hidden_and_takes_its_command_after_a_double_dash() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("task-guard"), "{help}");
+        let guard = |rest: &[&str]| {
+            let mut args = vec!["chorus", "task-guard", "--grace", "2s"];
+            args.extend_from_slice(&["--deadline-ns", "5", "--agent-pid", "1"]);
+            args.extend_from_slice(rest);
+            Cli::try_parse_from(args)
+        };
+        assert!(guard(&["--", "/bin/sh", "-c", "echo --x"]).is_ok());
+        assert!(guard(&["/bin/sh"]).is_err());
+        assert!(guard(&["--"]).is_err());
     }
 
     #[test]
