@@ -14,6 +14,7 @@
 //! - [`publish`]: core's state -> the view the socket and the metrics answer from.
 //! - [`server`] / [`client`] / [`api`]: the socket protocol, both ends.
 //! - [`datadir`]: generation, roster and drain state, written atomically.
+//! - [`raftlog`]: the durable Raft log (entries, hard state, snapshot), fsynced per Ready.
 //! - [`sysload`]: host cpu and memory from `/proc`.
 //! - [`logging`]: tracing setup and the `alert=<kind>` events.
 //! - [`tasks`]: scheduled tasks, run on the leader with the fencing epoch.
@@ -33,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod publish;
+pub mod raftlog;
 pub mod server;
 pub mod sysload;
 pub mod tasks;
