@@ -283,7 +283,9 @@ impl RaftDisk {
     /// appended, this hard state and conf state set.
     pub fn to_mem_storage(&self) -> Result<MemStorage, RaftLogError> {
         let w = self.as_write();
-        RaftDisk::default().check(&w).map_err(RaftLogError::Rejected)?;
+        RaftDisk::default()
+            .check(&w)
+            .map_err(RaftLogError::Rejected)?;
         let storage = MemStorage::new();
         {
             let mut core = storage.wl();
@@ -320,8 +322,13 @@ impl RaftLog {
     pub fn open(dir: &Path) -> Result<(RaftLog, RaftDisk), RaftLogError> {
         let raft_dir = dir.join(DIR);
         if !raft_dir.is_dir() {
+            let dir_existed = dir.is_dir();
             fs::create_dir_all(&raft_dir).map_err(io_err(&raft_dir, "create directory"))?;
+            // The new directory entries must survive a crash like the file in them.
             sync_dir(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !dir_existed && p.is_dir()) {
+                sync_dir(parent)?;
+            }
         }
         let path = raft_dir.join(LOG_FILE);
         let tmp = raft_dir.join(TEMP_FILE);
@@ -336,7 +343,8 @@ impl RaftLog {
         let (file, len, state) = match OpenOptions::new().read(true).append(true).open(&path) {
             Ok(mut file) => {
                 let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes).map_err(io_err(&path, "read"))?;
+                file.read_to_end(&mut bytes)
+                    .map_err(io_err(&path, "read"))?;
                 let replayed = replay(&path, &bytes)?;
                 if let Some(reason) = &replayed.torn {
                     tracing::warn!(
@@ -425,10 +433,19 @@ impl RaftLog {
             }
             Some(_) => {}
         }
+        // The rewrite puts the snapshot in a record of its own, which must fit a write's limit.
         let estimate = estimate_snapshot(snapshot);
         if estimate > MAX_WRITE {
             return Err(RaftLogError::TooLarge {
                 len: estimate,
+                max: MAX_WRITE,
+            });
+        }
+        let mut part = Vec::new();
+        push_part(&mut part, PART_SNAPSHOT, snapshot)?;
+        if part.len() > MAX_WRITE {
+            return Err(RaftLogError::TooLarge {
+                len: part.len(),
                 max: MAX_WRITE,
             });
         }
@@ -538,32 +555,37 @@ fn write_atomically(raft_dir: &Path, state: &RaftDisk) -> Result<(File, u64), Ra
     Ok((file, bytes.len() as u64))
 }
 
-/// Appends records that rebuild `state` from nothing, each at most [`MAX_WRITE`] long: the
-/// snapshot alone, the entries in chunks, then the hard and conf states.
+/// Appends records that rebuild `state` from nothing: the snapshot alone, the entries in
+/// chunks of at most [`MAX_WRITE`] bytes, then the hard and conf states (none for an empty
+/// state). Each piece was accepted by a write, so each record fits [`MAX_RECORD`].
 fn encode_state(state: &RaftDisk, out: &mut Vec<u8>) -> Result<(), RaftLogError> {
     let w = state.as_write();
     if let Some(snapshot) = &w.snapshot {
         let mut payload = Vec::new();
         push_part(&mut payload, PART_SNAPSHOT, snapshot)?;
-        push_record(out, &payload)?;
+        push_record(out, &payload, MAX_RECORD)?;
     }
     let mut payload = Vec::new();
     for e in &w.entries {
         let mut part = Vec::new();
         push_part(&mut part, PART_ENTRY, e)?;
         if !payload.is_empty() && payload.len().saturating_add(part.len()) > MAX_WRITE {
-            push_record(out, &payload)?;
+            push_record(out, &payload, MAX_RECORD)?;
             payload.clear();
         }
         payload.extend_from_slice(&part);
     }
     if !payload.is_empty() {
-        push_record(out, &payload)?;
+        push_record(out, &payload, MAX_RECORD)?;
+    }
+    if *state == RaftDisk::default() {
+        // A fresh log is the magic alone.
+        return Ok(());
     }
     let mut payload = Vec::new();
     push_part(&mut payload, PART_HARD_STATE, &state.hard_state)?;
     push_part(&mut payload, PART_CONF_STATE, &state.conf_state)?;
-    push_record(out, &payload)
+    push_record(out, &payload, MAX_RECORD)
 }
 
 /// Appends the one record that holds `w`.
@@ -573,7 +595,10 @@ fn encode_write(w: &RaftWrite, out: &mut Vec<u8>) -> Result<(), RaftLogError> {
         .entries
         .iter()
         .map(estimate_entry)
-        .fold(w.snapshot.as_ref().map_or(0, estimate_snapshot), usize::saturating_add)
+        .fold(
+            w.snapshot.as_ref().map_or(0, estimate_snapshot),
+            usize::saturating_add,
+        )
         .saturating_add(w.conf_state.as_ref().map_or(0, estimate_conf_state));
     if estimate > MAX_WRITE {
         return Err(RaftLogError::TooLarge {
@@ -594,12 +619,15 @@ fn encode_write(w: &RaftWrite, out: &mut Vec<u8>) -> Result<(), RaftLogError> {
     if let Some(cs) = &w.conf_state {
         push_part(&mut payload, PART_CONF_STATE, cs)?;
     }
-    push_record(out, &payload)
+    push_record(out, &payload, MAX_WRITE)
 }
 
 /// An upper bound of an entry's encoded size: its bytes plus its fixed fields and tags.
 fn estimate_entry(e: &Entry) -> usize {
-    e.data.len().saturating_add(e.context.len()).saturating_add(64)
+    e.data
+        .len()
+        .saturating_add(e.context.len())
+        .saturating_add(64)
 }
 
 fn estimate_snapshot(s: &Snapshot) -> usize {
@@ -610,11 +638,15 @@ fn estimate_snapshot(s: &Snapshot) -> usize {
 }
 
 fn estimate_conf_state(cs: &ConfState) -> usize {
-    let ids = cs.voters.len()
-        + cs.learners.len()
-        + cs.voters_outgoing.len()
-        + cs.learners_next.len();
-    ids.saturating_mul(11).saturating_add(64)
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .map(|ids| ids.len().saturating_mul(11))
+    .fold(64, usize::saturating_add)
 }
 
 fn push_part(out: &mut Vec<u8>, kind: u8, msg: &dyn protobuf::Message) -> Result<(), RaftLogError> {
@@ -629,17 +661,16 @@ fn push_part(out: &mut Vec<u8>, kind: u8, msg: &dyn protobuf::Message) -> Result
     Ok(())
 }
 
-fn push_record(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), RaftLogError> {
-    if payload.len() > MAX_WRITE {
-        return Err(RaftLogError::TooLarge {
+/// Appends a record holding `payload`, refused over `max` bytes: [`MAX_WRITE`] for a write,
+/// [`MAX_RECORD`] for a rewrite, whose records hold what writes held, regrouped.
+fn push_record(out: &mut Vec<u8>, payload: &[u8], max: usize) -> Result<(), RaftLogError> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|_| payload.len() <= max)
+        .ok_or(RaftLogError::TooLarge {
             len: payload.len(),
-            max: MAX_WRITE,
-        });
-    }
-    let len = u32::try_from(payload.len()).map_err(|_| RaftLogError::TooLarge {
-        len: payload.len(),
-        max: MAX_WRITE,
-    })?;
+            max,
+        })?;
     let start = out.len();
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
