@@ -55,7 +55,12 @@
 //!   [`RaftLog::compact`]) is kept in memory: the node must compact to keep both small.
 //! - Damage to the last record that is not a crash (a flipped bit on disk) looks like a torn
 //!   tail and drops that record: a checksum cannot tell the two apart.
-//! - A missing log file is a fresh node; the agent's data dir lock keeps a second process out.
+//! - A write costs one `fdatasync`: about 4 ms at p50 (12 ms at p99) on the 2-core development
+//!   VM's ext4 disk, whatever its size up to ten 1 KiB entries (`examples/raftlog_cost.rs`).
+//! - Finding out whether damage is a torn tail scans the rest of the file once (a 13-byte
+//!   checksum at each offset); that happens only on open after a crash or corruption.
+//! - A missing log file is a fresh node: deleting it forgets the node's term and vote, which
+//!   lets it vote twice in a term. The agent's data dir lock keeps a second process out.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -166,7 +171,9 @@ pub struct RaftDisk {
     pub snapshot: Snapshot,
     /// The entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+    /// Term, vote and commit index, as `MemStorageCore::hard_state` holds them.
     pub hard_state: HardState,
+    /// The voters and learners, as `RaftState::conf_state` holds them.
     pub conf_state: ConfState,
 }
 
