@@ -17,6 +17,7 @@
 //!   stale socket ever removed); `accept`: accept loops that back off on errors.
 //! - [`fdlimit`]: the open-file limit, raised at start.
 //! - [`datadir`]: generation, roster and drain state, written atomically.
+//! - [`raftlog`]: the durable Raft log (entries, hard state, snapshot), fsynced per Ready.
 //! - [`sysload`]: host cpu and memory from `/proc`.
 //! - [`logging`]: tracing setup and the `alert=<kind>` events.
 //! - [`tasks`]: scheduled tasks, run on the leader with the fencing epoch.
@@ -38,6 +39,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod publish;
+pub mod raftlog;
 pub mod server;
 pub mod socket_path;
 pub mod sysload;
