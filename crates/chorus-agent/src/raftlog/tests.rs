@@ -748,7 +748,7 @@ fn a_raft_node_restarts_from_what_the_log_kept() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let logger = raft::default_logger();
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
     let (mut log, _) = RaftLog::open(dir.path()).unwrap();
     let conf = voters(1);
     log.write(&RaftWrite {
