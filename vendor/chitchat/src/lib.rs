@@ -129,7 +129,14 @@ impl Chitchat {
         }
     }
 
-    fn process_delta(&mut self, delta: Delta) {
+    fn process_delta(&mut self, mut delta: Delta) {
+        // Only this node writes its own state. Honest peers never send it (our digest shows
+        // them we are up to date); a delta claiming newer keys for us is forged, and applying
+        // it would let a peer set our keys and push our version out of reach.
+        let self_chitchat_id = self.config.chitchat_id.clone();
+        delta
+            .node_deltas
+            .retain(|node_delta| node_delta.chitchat_id != self_chitchat_id);
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
         if was_reset_triggered {
             if let Some(catchup_callback) = &self.config.catchup_callback {
@@ -1247,6 +1254,31 @@ mod tests {
 
         assert_eq!(counter_self_key.load(Ordering::SeqCst), 2);
         assert_eq!(counter_other_key.load(Ordering::SeqCst), 1);
+    }
+
+    /// Only a node writes its own state: a delta about it, even one far ahead, changes
+    /// nothing, and the node can still set keys (its version did not move to u64::MAX).
+    #[test]
+    fn test_a_delta_about_the_node_itself_is_ignored() {
+        let config = ChitchatConfig::for_test(10_001);
+        let self_id = config.chitchat_id.clone();
+        let seeds = watch::channel(Default::default()).1;
+        let mut node = Chitchat::with_chitchat_id_and_seeds(
+            config,
+            seeds,
+            vec![("key".to_string(), "mine".to_string())],
+        );
+        let mut delta = Delta::default();
+        delta.add_node(self_id.clone(), 0, 0);
+        delta.add_kv(&self_id, "key", "forged", 1_000, false);
+        delta.add_kv(&self_id, "other", "forged", u64::MAX, false);
+        assert!(node.process_message(ChitchatMessage::Ack { delta }).is_none());
+        let state = node.self_node_state();
+        assert_eq!(state.get("key"), Some("mine"));
+        assert_eq!(state.get("other"), None);
+        assert_eq!(state.max_version(), 1);
+        state.set("key", "still mine");
+        assert_eq!(state.max_version(), 2);
     }
 
     #[tokio::test]

@@ -234,8 +234,9 @@ impl NodeState {
             self.set_versioned_value(key_value_mutation.key, new_versioned_value);
         }
 
-        assert!(node_delta.max_version >= self.max_version);
-        self.max_version = node_delta.max_version;
+        // The builder keeps a delta's max version at or above its keys' versions, and a delta
+        // applies only if it is ahead of ours; `max` keeps that true whatever the input.
+        self.max_version = self.max_version.max(node_delta.max_version);
         delta_status
     }
 
@@ -600,7 +601,9 @@ impl ClusterState {
                 let monotonic_property_before = node_state.monotonic_property();
                 let delta_status = node_state.apply_delta(node_delta, now);
                 let monotonic_property_after = node_state.monotonic_property();
-                assert!(
+                // Holds by construction (a reset raises the GC version, anything else only
+                // raises the max version); checked in tests, never a panic on peer input.
+                debug_assert!(
                     monotonic_property_after >= monotonic_property_before,
                     "after {monotonic_property_after:?}, before {monotonic_property_before:?}"
                 );
@@ -674,7 +677,7 @@ impl ClusterState {
         }
         let mut delta_serializer = DeltaSerializer::with_mtu(mtu);
 
-        for stale_node in stale_nodes.into_iter() {
+        'nodes: for stale_node in stale_nodes.into_iter() {
             if !delta_serializer.try_add_node(
                 stale_node.chitchat_id.clone(),
                 stale_node.node_state.last_gc_version,
@@ -686,7 +689,10 @@ impl ClusterState {
             let mut added_something = false;
             for (key, versioned_value) in stale_node.stale_key_values() {
                 if !delta_serializer.try_add_kv(key, versioned_value.clone()) {
-                    return delta_serializer.finish();
+                    // The rest of this node waits for the next delta. Other nodes may still
+                    // fit: a key-value too large for any delta (a peer may have sent one)
+                    // must hold up only its own node (chorus change 7, CHORUS.md).
+                    continue 'nodes;
                 }
                 added_something = true;
             }
@@ -1623,6 +1629,60 @@ mod tests {
         assert_eq!(node_state.get("key_a").unwrap(), "val_a");
         assert_eq!(node_state.get("key_b").unwrap(), "val_b2");
         assert_eq!(node_state.get("key_c").unwrap(), "val_c");
+    }
+
+    /// A node delta whose max version is below its keys' (the decoder refuses one; this
+    /// builds it directly) must not panic, and the state ends at its highest key.
+    #[test]
+    fn test_node_apply_delta_with_max_version_below_its_keys() {
+        for (from_version_excluded, last_gc_version) in [(0, 0), (0, 50)] {
+            let mut node_state = NodeState::for_test();
+            node_state.set_with_version("key_a", "val_a", 1);
+            node_state.set_last_gc_version(1);
+            let node_delta = NodeDelta {
+                chitchat_id: node_state.chitchat_id.clone(),
+                from_version_excluded,
+                last_gc_version,
+                max_version: 5,
+                key_values: vec![KeyValueMutation {
+                    key: "key_b".to_string(),
+                    value: "val_b".to_string(),
+                    version: 100,
+                    status: DeletionStatusMutation::Set,
+                }],
+            };
+            node_state.apply_delta(node_delta, Instant::now());
+            assert_eq!(node_state.max_version(), 100);
+            assert_eq!(node_state.get("key_b"), Some("val_b"));
+        }
+    }
+
+    /// A key-value too large for any delta (a peer may have sent it in a compressed stream)
+    /// holds up its own node only: the nodes after it in the delta's order still go out.
+    #[test]
+    fn test_a_key_value_too_large_for_any_delta_holds_up_only_its_node() {
+        let mut cluster_state = ClusterState::default();
+        let blocked = ChitchatId::for_local_test(10_001);
+        let other = ChitchatId::for_local_test(10_002);
+        // Unknown nodes go out lowest max version first: `blocked` comes first.
+        cluster_state
+            .node_state_mut_or_init(&blocked)
+            .set_with_version("k".repeat(usize::from(u16::MAX)), "v".repeat(200), 1);
+        let other_state = cluster_state.node_state_mut_or_init(&other);
+        other_state.set_with_version("a", "1", 1);
+        other_state.set_with_version("b", "2", 2);
+        let delta = cluster_state.compute_partial_delta_respecting_mtu(
+            &Digest::default(),
+            MAX_UDP_DATAGRAM_PAYLOAD_SIZE - 1,
+            &HashSet::new(),
+        );
+        let other_delta = delta.get(&other).expect("the other node is in the delta");
+        assert_eq!(other_delta.key_values.len(), 2);
+        assert_eq!(other_delta.max_version, 2);
+        if let Some(blocked_delta) = delta.get(&blocked) {
+            assert!(blocked_delta.key_values.is_empty());
+            assert_eq!(blocked_delta.max_version, 0, "no max version without its keys");
+        }
     }
 
     // Here we check that the accessor that dismiss resetting a Kv to the same value is not
