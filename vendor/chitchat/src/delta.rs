@@ -475,8 +475,8 @@ impl DeltaSerializer {
     /// A serializer whose delta will take at most `mtu` bytes. Any `mtu` is fine: one too
     /// small for an operation gives an empty delta (one byte).
     pub fn with_mtu(mtu: usize) -> Self {
-        let block_threshold = u16::try_from(mtu.clamp(1, usize::from(BLOCK_THRESHOLD)))
-            .unwrap_or(BLOCK_THRESHOLD);
+        let block_threshold =
+            u16::try_from(mtu.clamp(1, usize::from(BLOCK_THRESHOLD))).unwrap_or(BLOCK_THRESHOLD);
         DeltaSerializer {
             mtu,
             delta_builder: DeltaBuilder::default(),
@@ -822,7 +822,11 @@ mod tests {
             let delta = delta_writer.finish();
             let bytes = delta.serialize_to_vec();
             assert_eq!(bytes.len(), delta.serialized_len(), "mtu {mtu}");
-            assert!(bytes.len() <= mtu.max(1), "mtu {mtu}: {} bytes", bytes.len());
+            assert!(
+                bytes.len() <= mtu.max(1),
+                "mtu {mtu}: {} bytes",
+                bytes.len()
+            );
             assert_eq!(Delta::deserialize(&mut &bytes[..]).unwrap(), delta);
         }
     }

@@ -3,6 +3,11 @@ use std::collections::BTreeMap;
 use crate::serialize::*;
 use crate::{ChitchatId, Heartbeat, Version};
 
+/// Bytes of a digest's entry count.
+pub(crate) const DIGEST_COUNT_LEN: usize = 2;
+/// Bytes of a digest entry after its node id: heartbeat, last GC version, max version.
+pub(crate) const NODE_DIGEST_LEN: usize = 24;
+
 #[derive(Debug, Clone, Copy, Default, Eq, PartialEq)]
 pub(crate) struct NodeDigest {
     pub(crate) heartbeat: Heartbeat,

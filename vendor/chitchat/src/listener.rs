@@ -325,7 +325,15 @@ mod tests {
         let counter_emoji = count("\u{1F600}");
         let counter_e = count("e");
         let node_id = chitchat_id(7280u16);
-        for key in ["é", "éx", "éxy", "\u{1F600}", "\u{1F600}a", "ü", "\u{10FFFF}"] {
+        for key in [
+            "é",
+            "éx",
+            "éxy",
+            "\u{1F600}",
+            "\u{1F600}a",
+            "ü",
+            "\u{10FFFF}",
+        ] {
             listeners.trigger_event(KeyChangeEvent {
                 key,
                 value: "value",

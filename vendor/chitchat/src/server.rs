@@ -509,6 +509,7 @@ mod tests {
     use super::*;
     use crate::message::ChitchatMessage;
     use crate::transport::{ChannelTransport, Transport};
+    use crate::unconfirmed::NewNodeAllowance;
     use crate::{Heartbeat, MAX_UDP_DATAGRAM_PAYLOAD_SIZE, NodeState};
 
     #[derive(Debug, Default)]
@@ -660,7 +661,10 @@ mod tests {
             Chitchat::with_chitchat_id_and_seeds(test_config, empty_seeds(), Vec::new());
         let mut test_transport = transport.open(test_addr).await.unwrap();
 
-        let server_config = ChitchatConfig::for_test(2);
+        let mut server_config = ChitchatConfig::for_test(2);
+        // The test node never becomes a member of the server (it is never seen live), so the
+        // server gossips with it as a seed.
+        server_config.seed_nodes = vec![test_addr.to_string()];
         let server_id = server_config.chitchat_id.clone();
         let server_addr = server_config.chitchat_id.gossip_advertise_addr;
         let server_handle = spawn_chitchat(server_config, Vec::new(), &transport)
@@ -683,10 +687,8 @@ mod tests {
             })
             .await;
 
-        let node_state = test_chitchat
-            .cluster_state()
-            .node_state(&server_id)
-            .unwrap();
+        // Heard of once: an unconfirmed node of the test node.
+        let node_state = test_chitchat.unconfirmed_node_state(&server_id).unwrap();
         let heartbeat = node_state.heartbeat();
 
         assert_eq!(heartbeat, Heartbeat(2));
@@ -992,7 +994,11 @@ mod tests {
         let peers: Vec<ChitchatId> = (10_001..10_021).map(ChitchatId::for_local_test).collect();
         for heartbeat in 1..=3 {
             for peer in &peers {
-                chitchat.report_heartbeat(peer, Heartbeat(heartbeat));
+                chitchat.report_heartbeat(
+                    peer,
+                    Heartbeat(heartbeat),
+                    &mut NewNodeAllowance::per_message(),
+                );
             }
             tokio::time::advance(Duration::from_millis(50)).await;
         }

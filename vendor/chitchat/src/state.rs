@@ -9,17 +9,19 @@ use std::time::Duration;
 
 use itertools::Itertools;
 use lru::LruCache;
-use rand::Rng;
 use rand::prelude::SliceRandom;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::delta::{Delta, DeltaSerializer, NodeDelta};
-use crate::digest::{Digest, NodeDigest};
+use crate::digest::{DIGEST_COUNT_LEN, Digest, NODE_DIGEST_LEN, NodeDigest};
 use crate::listener::Listeners;
+use crate::serialize::Serializable;
 use crate::types::{DeletionStatus, DeletionStatusMutation};
+use crate::unconfirmed::{NewNodeAllowance, Unconfirmed, UnconfirmedNodes, UnconfirmedStats};
 use crate::{
     ChitchatId, GARBAGE_COLLECTED_NODE_HISTORY_SIZE, Heartbeat, KeyChangeEvent, Version,
     VersionedValue,
@@ -72,7 +74,7 @@ impl Debug for NodeState {
 }
 
 impl NodeState {
-    fn new(chitchat_id: ChitchatId, listeners: Listeners) -> NodeState {
+    pub(crate) fn new(chitchat_id: ChitchatId, listeners: Listeners) -> NodeState {
         NodeState {
             chitchat_id,
             heartbeat: Heartbeat(0),
@@ -505,7 +507,11 @@ enum DeltaStatus {
 }
 
 pub(crate) struct ClusterState {
+    /// The members: this node and every node seen live (chorus change 8, CHORUS.md).
     node_states: BTreeMap<ChitchatId, NodeState>,
+    /// Nodes heard of but not yet seen live: kept apart, so that nothing built from
+    /// `node_states` (digests, deltas, gossip targets, what the application reads) sees them.
+    unconfirmed: UnconfirmedNodes,
     seed_addrs: watch::Receiver<HashSet<SocketAddr>>,
     pub(crate) listeners: Listeners,
     // Memory of the recently garbage collected nodes to avoid recreating them
@@ -528,6 +534,7 @@ impl Default for ClusterState {
         let (_seed_addrs_tx, seed_addrs_rx) = watch::channel(Default::default());
         Self {
             node_states: Default::default(),
+            unconfirmed: Default::default(),
             seed_addrs: seed_addrs_rx,
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
@@ -540,6 +547,7 @@ impl ClusterState {
         ClusterState {
             seed_addrs,
             node_states: BTreeMap::new(),
+            unconfirmed: Default::default(),
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
         }
@@ -564,6 +572,88 @@ impl ClusterState {
                 vacant.insert(new_node_state)
             }
         }
+    }
+
+    /// The unconfirmed node `chitchat_id`, made one now if it is unknown and may be: it is
+    /// not a member, `allowance` has room, and, if it was garbage collected recently,
+    /// `heartbeat` (when known) is above the one it was collected with.
+    pub(crate) fn unconfirmed_or_admit(
+        &mut self,
+        chitchat_id: &ChitchatId,
+        heartbeat: Option<Heartbeat>,
+        now: Instant,
+        allowance: &mut NewNodeAllowance,
+    ) -> Option<&mut Unconfirmed> {
+        if self.node_states.contains_key(chitchat_id) {
+            return None;
+        }
+        if self.unconfirmed.contains(chitchat_id) {
+            return self.unconfirmed.get_mut(chitchat_id);
+        }
+        let collected_heartbeat = self.last_heartbeat_if_deleted(chitchat_id);
+        if let (Some(collected), Some(heartbeat)) = (collected_heartbeat, heartbeat) {
+            if heartbeat <= collected {
+                return None;
+            }
+        }
+        // Without listeners: nobody hears of an unconfirmed node's keys until it is confirmed.
+        let mut state = NodeState::new(chitchat_id.clone(), Listeners::default());
+        if let Some(collected) = collected_heartbeat {
+            // Only a heartbeat above the one it was collected with counts as a move.
+            state.try_set_heartbeat(collected);
+        }
+        self.unconfirmed.admit(state, now, allowance)
+    }
+
+    /// Makes an unconfirmed node a member. Listeners hear of its keys now.
+    pub(crate) fn confirm(&mut self, chitchat_id: &ChitchatId) -> bool {
+        if self.node_states.contains_key(chitchat_id) {
+            return false;
+        }
+        let Some(mut state) = self.unconfirmed.confirm(chitchat_id) else {
+            return false;
+        };
+        self.garbage_collected_nodes.pop(chitchat_id);
+        state.listeners = self.listeners.clone();
+        for (key, value) in &state.key_values {
+            if !value.is_deleted() {
+                state.listeners.trigger_event(KeyChangeEvent {
+                    key,
+                    value: &value.value,
+                    node: chitchat_id,
+                });
+            }
+        }
+        self.node_states.insert(chitchat_id.clone(), state);
+        true
+    }
+
+    /// Forgets an unconfirmed node; returns whether it was there.
+    pub(crate) fn drop_unconfirmed(&mut self, chitchat_id: &ChitchatId) -> bool {
+        self.unconfirmed.drop(chitchat_id)
+    }
+
+    pub(crate) fn unconfirmed_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
+        self.unconfirmed.ids()
+    }
+
+    pub(crate) fn unconfirmed_state(&self, chitchat_id: &ChitchatId) -> Option<&NodeState> {
+        self.unconfirmed
+            .get(chitchat_id)
+            .map(|unconfirmed| &unconfirmed.state)
+    }
+
+    pub(crate) fn unconfirmed_stats(&self) -> UnconfirmedStats {
+        self.unconfirmed.stats()
+    }
+
+    /// Unconfirmed nodes first heard of at least `ttl` before `now`.
+    pub(crate) fn expired_unconfirmed(&self, now: Instant, ttl: Duration) -> Vec<ChitchatId> {
+        self.unconfirmed.expired(now, ttl)
+    }
+
+    pub(crate) fn num_members(&self) -> usize {
+        self.node_states.len()
     }
 
     pub fn node_state(&self, chitchat_id: &ChitchatId) -> Option<&NodeState> {
@@ -592,12 +682,27 @@ impl ClusterState {
     }
 
     // Apply delta and returns true if there was a reset.
-    pub(crate) fn apply_delta(&mut self, delta: Delta) -> bool {
+    //
+    // A node delta for a node that is neither a member nor unconfirmed makes it an
+    // unconfirmed node if it starts from nothing and `allowance` has room; otherwise it is
+    // ignored, as the release ignored deltas about nodes it did not know.
+    pub(crate) fn apply_delta(&mut self, delta: Delta, allowance: &mut NewNodeAllowance) -> bool {
         let now = Instant::now();
         // Apply delta.
         let mut contains_reset = false;
         for node_delta in delta.node_deltas {
-            if let Some(node_state) = self.node_state_mut(&node_delta.chitchat_id) {
+            let node_state =
+                if let Some(node_state) = self.node_states.get_mut(&node_delta.chitchat_id) {
+                    Some(node_state)
+                } else if self.unconfirmed.contains(&node_delta.chitchat_id)
+                    || node_delta.from_version_excluded == 0
+                {
+                    self.unconfirmed_or_admit(&node_delta.chitchat_id, None, now, allowance)
+                        .map(|unconfirmed| &mut unconfirmed.state)
+                } else {
+                    None
+                };
+            if let Some(node_state) = node_state {
                 let monotonic_property_before = node_state.monotonic_property();
                 let delta_status = node_state.apply_delta(node_delta, now);
                 let monotonic_property_after = node_state.monotonic_property();
@@ -613,6 +718,7 @@ impl ClusterState {
         contains_reset
     }
 
+    #[cfg(test)]
     pub fn compute_digest(&self, scheduled_for_deletion: &HashSet<&ChitchatId>) -> Digest {
         Digest {
             node_digests: self
@@ -622,6 +728,67 @@ impl ClusterState {
                 .map(|(chitchat_id, node_state)| (chitchat_id.clone(), node_state.digest()))
                 .collect(),
         }
+    }
+
+    /// The digest of the members not scheduled for deletion, in at most `budget` bytes
+    /// (chorus change 9, CHORUS.md). When they do not all fit, `self_chitchat_id` goes first
+    /// (its entry carries this node's heartbeat), then the live members, then the others;
+    /// within each group from a random place on, so that over several digests every member
+    /// gets its turn. An entry left out only costs the peer a delta it already has.
+    pub fn compute_digest_within(
+        &self,
+        self_chitchat_id: &ChitchatId,
+        live_nodes: &HashSet<&ChitchatId>,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+        budget: usize,
+    ) -> Digest {
+        let entry_len = |chitchat_id: &ChitchatId| chitchat_id.serialized_len() + NODE_DIGEST_LEN;
+        let candidates: Vec<(&ChitchatId, &NodeState)> = self
+            .node_states
+            .iter()
+            .filter(|(chitchat_id, _)| !scheduled_for_deletion.contains(chitchat_id))
+            .collect();
+        let full_len = candidates
+            .iter()
+            .fold(DIGEST_COUNT_LEN, |len, (chitchat_id, _)| {
+                len.saturating_add(entry_len(chitchat_id))
+            });
+        if full_len <= budget && candidates.len() <= usize::from(u16::MAX) {
+            return Digest {
+                node_digests: candidates
+                    .into_iter()
+                    .map(|(chitchat_id, node_state)| (chitchat_id.clone(), node_state.digest()))
+                    .collect(),
+            };
+        }
+        let mut left = budget.saturating_sub(DIGEST_COUNT_LEN);
+        let mut node_digests = BTreeMap::new();
+        let mut take = |chitchat_id: &ChitchatId, node_state: &NodeState| {
+            let len = entry_len(chitchat_id);
+            if len <= left && node_digests.len() < usize::from(u16::MAX) {
+                left -= len;
+                node_digests.insert(chitchat_id.clone(), node_state.digest());
+            }
+        };
+        if let Some(self_state) = self.node_states.get(self_chitchat_id) {
+            take(self_chitchat_id, self_state);
+        }
+        let (live, others): (Vec<_>, Vec<_>) = candidates
+            .into_iter()
+            .filter(|(chitchat_id, _)| *chitchat_id != self_chitchat_id)
+            .partition(|(chitchat_id, _)| live_nodes.contains(chitchat_id));
+        // Not the seeded generator of tests: the rotation is the point.
+        let mut rng = rand::rng();
+        for group in [live, others] {
+            if group.is_empty() {
+                continue;
+            }
+            let start = rng.random_range(0..group.len());
+            for &(chitchat_id, node_state) in group[start..].iter().chain(&group[..start]) {
+                take(chitchat_id, node_state);
+            }
+        }
+        Digest { node_digests }
     }
 
     pub fn gc_keys_marked_for_deletion(&mut self, marked_for_deletion_grace_period: Duration) {
@@ -881,6 +1048,7 @@ mod tests {
     use crate::MAX_UDP_DATAGRAM_PAYLOAD_SIZE;
     use crate::serialize::Serializable;
     use crate::types::{DeletionStatusMutation, KeyValueMutation};
+    use crate::unconfirmed::NewNodeAllowance;
 
     #[test]
     fn test_stale_node_iter_stale_key_values() {
@@ -1310,7 +1478,7 @@ mod tests {
         // We reset node 2
         delta.add_node(node2.clone(), 3, 0);
         delta.add_kv(&node2, "key_d", "4", 4, false);
-        cluster_state.apply_delta(delta);
+        cluster_state.apply_delta(delta, &mut NewNodeAllowance::per_message());
 
         let node1_state = cluster_state.node_state(&node1).unwrap();
         assert_eq!(
@@ -1681,7 +1849,10 @@ mod tests {
         assert_eq!(other_delta.max_version, 2);
         if let Some(blocked_delta) = delta.get(&blocked) {
             assert!(blocked_delta.key_values.is_empty());
-            assert_eq!(blocked_delta.max_version, 0, "no max version without its keys");
+            assert_eq!(
+                blocked_delta.max_version, 0,
+                "no max version without its keys"
+            );
         }
     }
 
@@ -1925,7 +2096,7 @@ mod tests {
         delta.add_node(node.clone(), 20, 0);
         delta.add_kv(&node, "key_b", "val_b", 18, false);
 
-        let contains_reset = cluster_state.apply_delta(delta);
+        let contains_reset = cluster_state.apply_delta(delta, &mut NewNodeAllowance::per_message());
         assert!(!contains_reset);
 
         let node_state_after = cluster_state.node_state(&node).unwrap();
