@@ -31,7 +31,7 @@ use tokio_stream::wrappers::WatchStream;
 use tracing::{debug, error, info, warn};
 
 pub use self::configuration::{CatchupCallback, ChitchatConfig};
-pub use self::state::{ClusterStateSnapshot, NodeState};
+pub use self::state::{ClusterStateSnapshot, MAX_NODE_STATE_BYTES, NodeState};
 use crate::digest::Digest;
 pub use crate::message::ChitchatMessage;
 pub use crate::server::{ChitchatHandle, spawn_chitchat};
@@ -880,14 +880,23 @@ mod tests {
             Chitchat::with_chitchat_id_and_seeds(node_config1, empty_seeds.clone(), vec![]);
         let node_config2 = ChitchatConfig::for_test(10_002);
         let mut node2 = Chitchat::with_chitchat_id_and_seeds(node_config2, empty_seeds, vec![]);
-        // Because of compression, we need a lot of keys to reach the MTU.
-        for i in 0..20_000 {
+        // Because of compression, we need a lot of keys to reach the MTU. Random values
+        // compress little: 4,000 keys take two deltas and stay well within
+        // MAX_NODE_STATE_BYTES (chorus change 10, CHORUS.md).
+        for i in 0..4_000 {
             let key = format!("k{}", i);
-            node1.self_node_state().set(&key, "first_value");
+            let value: String = rand::rng()
+                .sample_iter(&Alphanumeric)
+                .take(20)
+                .map(char::from)
+                .collect();
+            node1.self_node_state().set(&key, value);
         }
-        for _ in 0..2 {
-            run_chitchat_handshake(&mut node1, &mut node2);
-        }
+        run_chitchat_handshake(&mut node1, &mut node2);
+        let node1_id = node1.self_chitchat_id().clone();
+        let received = node2.node_state(&node1_id).unwrap().max_version();
+        assert!(received < 4_000, "one delta was enough: the test needs two");
+        run_chitchat_handshake(&mut node1, &mut node2);
 
         assert_nodes_sync(&[&node1, &node2]);
 

@@ -14,7 +14,7 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::delta::{Delta, DeltaSerializer, NodeDelta};
 use crate::digest::{DIGEST_COUNT_LEN, Digest, NODE_DIGEST_LEN, NodeDigest};
@@ -27,11 +27,23 @@ use crate::{
     VersionedValue,
 };
 
+/// Most bytes of keys and values (tombstones included) a node's state may reach through
+/// deltas (chorus change 10, CHORUS.md). A delta's keys are applied in version order until the
+/// next one would pass it; the state then stays at the version before, and the node's later
+/// keys are refused the same way. A peer can grow the state it sends about a node by up to
+/// 8 MiB a message (`MAX_INFLATED_STREAM`); this keeps what is held to this much per member
+/// or unconfirmed node. A chorus node publishes about 1 KB; the node's own `set` is not
+/// limited.
+pub const MAX_NODE_STATE_BYTES: usize = 256 * 1024;
+
 #[derive(Clone, Serialize, Deserialize)]
 pub struct NodeState {
     chitchat_id: ChitchatId,
     heartbeat: Heartbeat,
     key_values: BTreeMap<String, VersionedValue>,
+    /// Bytes of the keys and values in `key_values`, for [`MAX_NODE_STATE_BYTES`].
+    #[serde(skip)]
+    key_value_bytes: usize,
     #[serde(skip)]
     listeners: Listeners,
     max_version: Version,
@@ -79,6 +91,7 @@ impl NodeState {
             chitchat_id,
             heartbeat: Heartbeat(0),
             key_values: Default::default(),
+            key_value_bytes: 0,
             max_version: 0u64,
             listeners,
             last_gc_version: 0u64,
@@ -106,6 +119,7 @@ impl NodeState {
             },
             heartbeat: Heartbeat(0),
             key_values: Default::default(),
+            key_value_bytes: 0,
             max_version: Default::default(),
             listeners: Listeners::default(),
             last_gc_version: 0u64,
@@ -228,6 +242,29 @@ impl NodeState {
                     continue;
                 }
             }
+            let replaced_len = self
+                .key_values
+                .get(&key_value_mutation.key)
+                .map_or(0, |replaced| {
+                    entry_len(&key_value_mutation.key, &replaced.value)
+                });
+            let bytes_after = self
+                .key_value_bytes
+                .saturating_sub(replaced_len)
+                .saturating_add(entry_len(
+                    &key_value_mutation.key,
+                    &key_value_mutation.value,
+                ));
+            if bytes_after > MAX_NODE_STATE_BYTES {
+                // The keys applied so far form a state at their highest version; the rest
+                // waits, and is refused again for as long as it does not fit.
+                debug!(
+                    node=?node_delta.chitchat_id,
+                    version=key_value_mutation.version,
+                    "node state would pass {MAX_NODE_STATE_BYTES} bytes: later keys refused"
+                );
+                return delta_status;
+            }
             let new_versioned_value = VersionedValue {
                 value: key_value_mutation.value,
                 version: key_value_mutation.version,
@@ -340,6 +377,9 @@ impl NodeState {
         };
         self.max_version += 1;
         versioned_value.version = self.max_version;
+        self.key_value_bytes = self
+            .key_value_bytes
+            .saturating_sub(versioned_value.value.len());
         versioned_value.value = "".to_string();
         versioned_value.status = DeletionStatusMutation::Delete.into_status(Instant::now());
     }
@@ -398,8 +438,9 @@ impl NodeState {
     fn gc_keys_marked_for_deletion(&mut self, grace_period: Duration) {
         let now = Instant::now();
         let mut max_deleted_version = self.last_gc_version;
+        let mut collected_bytes = 0usize;
         self.key_values
-            .retain(|_, versioned_value: &mut VersionedValue| {
+            .retain(|key, versioned_value: &mut VersionedValue| {
                 let Some(deleted_start_instant) = versioned_value
                     .status
                     .time_of_start_scheduled_for_deletion()
@@ -413,8 +454,11 @@ impl NodeState {
                 }
                 // We have exceeded the tombstone grace period. Time to remove it.
                 max_deleted_version = versioned_value.version.max(max_deleted_version);
+                collected_bytes =
+                    collected_bytes.saturating_add(entry_len(key, &versioned_value.value));
                 false
             });
+        self.key_value_bytes = self.key_value_bytes.saturating_sub(collected_bytes);
         self.last_gc_version = max_deleted_version;
     }
 
@@ -423,7 +467,11 @@ impl NodeState {
     /// Most of the time, you do not want to call this method but,
     /// `mark_for_deletion` instead.
     pub(crate) fn remove_key_value_internal(&mut self, key: &str) {
-        self.key_values.remove(key);
+        if let Some(removed) = self.key_values.remove(key) {
+            self.key_value_bytes = self
+                .key_value_bytes
+                .saturating_sub(entry_len(key, &removed.value));
+        }
     }
 
     /// Returns an iterator over the versioned values that are strictly greater than
@@ -463,9 +511,16 @@ impl NodeState {
                 if occupied_versioned_value.version >= versioned_value_update.version {
                     return;
                 }
+                self.key_value_bytes = self
+                    .key_value_bytes
+                    .saturating_sub(occupied_versioned_value.value.len())
+                    .saturating_add(versioned_value_update.value.len());
                 *occupied_versioned_value = versioned_value_update.clone();
             }
             Entry::Vacant(vacant) => {
+                self.key_value_bytes = self
+                    .key_value_bytes
+                    .saturating_add(entry_len(vacant.key(), &versioned_value_update.value));
                 vacant.insert(versioned_value_update.clone());
             }
         };
@@ -485,6 +540,11 @@ impl NodeState {
             },
         );
     }
+}
+
+/// What a key-value costs towards [`MAX_NODE_STATE_BYTES`].
+fn entry_len(key: &str, value: &str) -> usize {
+    key.len().saturating_add(value.len())
 }
 
 /// Enum describing whether a given delta is applicable to a state.
@@ -1797,6 +1857,102 @@ mod tests {
         assert_eq!(node_state.get("key_a").unwrap(), "val_a");
         assert_eq!(node_state.get("key_b").unwrap(), "val_b2");
         assert_eq!(node_state.get("key_c").unwrap(), "val_c");
+    }
+
+    fn recounted_bytes(node_state: &NodeState) -> usize {
+        node_state
+            .key_values
+            .iter()
+            .map(|(key, value)| key.len() + value.value.len())
+            .sum()
+    }
+
+    fn kv_delta(
+        node_state: &NodeState,
+        from: Version,
+        kvs: &[(&str, usize, Version, bool)],
+    ) -> NodeDelta {
+        NodeDelta {
+            chitchat_id: node_state.chitchat_id.clone(),
+            from_version_excluded: from,
+            last_gc_version: 0,
+            max_version: kvs.last().map_or(from, |kv| kv.2),
+            key_values: kvs
+                .iter()
+                .map(|&(key, value_len, version, deleted)| KeyValueMutation {
+                    key: key.to_string(),
+                    value: "v".repeat(value_len),
+                    version,
+                    status: if deleted {
+                        DeletionStatusMutation::Delete
+                    } else {
+                        DeletionStatusMutation::Set
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Deltas stop growing a node's state at `MAX_NODE_STATE_BYTES`: the keys that fit are
+    /// applied, the state stays at the version before the first that does not, and later
+    /// deltas cannot push it further.
+    #[test]
+    fn test_node_state_stops_growing_at_max_node_state_bytes() {
+        let mut node_state = NodeState::for_test();
+        let keys: Vec<String> = (0..400).map(|i| format!("k{i:03}")).collect();
+        let kvs: Vec<(&str, usize, Version, bool)> = keys
+            .iter()
+            .zip(1..)
+            .map(|(key, version)| (key.as_str(), 1_000, version, false))
+            .collect();
+        node_state.apply_delta(kv_delta(&node_state, 0, &kvs), Instant::now());
+        let applied = node_state.key_values.len();
+        assert!(applied < 400 && applied > 200, "{applied} keys");
+        assert_eq!(node_state.max_version(), applied as Version);
+        assert!(node_state.key_value_bytes <= MAX_NODE_STATE_BYTES);
+        assert!(node_state.key_value_bytes + 1_004 > MAX_NODE_STATE_BYTES);
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        // The next delta starts where the state stopped, and stops at the same key.
+        let rest = &kvs[applied..];
+        node_state.apply_delta(
+            kv_delta(&node_state, applied as Version, rest),
+            Instant::now(),
+        );
+        assert_eq!(node_state.key_values.len(), applied);
+        // Replacing a value by a smaller one, or deleting, fits.
+        let shrink = [(keys[0].as_str(), 10, applied as Version + 1, false)];
+        node_state.apply_delta(
+            kv_delta(&node_state, applied as Version, &shrink),
+            Instant::now(),
+        );
+        assert_eq!(node_state.get(&keys[0]).map(str::len), Some(10));
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+    }
+
+    #[tokio::test]
+    async fn test_node_state_bytes_follow_every_change() {
+        tokio::time::pause();
+        let mut node_state = NodeState::for_test();
+        node_state.set("a", "12345");
+        node_state.set("bb", "1");
+        node_state.set("a", "1");
+        node_state.set_with_ttl("c", "123");
+        node_state.delete("bb");
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        let from = node_state.max_version();
+        let delta = kv_delta(
+            &node_state,
+            from,
+            &[("d", 50, from + 1, false), ("a", 7, from + 2, true)],
+        );
+        node_state.apply_delta(delta, Instant::now());
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        node_state.remove_key_value_internal("d");
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        node_state.gc_keys_marked_for_deletion(Duration::from_secs(1));
+        assert_eq!(node_state.key_values.len(), 0);
+        assert_eq!(node_state.key_value_bytes, 0);
     }
 
     /// A node delta whose max version is below its keys' (the decoder refuses one; this
