@@ -41,9 +41,15 @@ impl Delta {
                     .map(|key_value_mutation| DeltaOpRef::KeyValue(key_value_mutation.into())),
             )
             .chain({
-                if node_delta.key_values.is_empty() && node_delta.max_version > 0 {
+                let last_key_version = node_delta
+                    .key_values
+                    .last()
+                    .map_or(0, |key_value| key_value.version);
+                if node_delta.max_version > last_key_version {
                     // The point of transmitting max_version is to update max_version in the
-                    // presence of an empty empty node state (due to GC).
+                    // presence of an empty empty node state (due to GC). chitchat sends it
+                    // only for a node without keys; a peer may send it after keys too, and
+                    // the delta is written again as it was read.
                     Some(DeltaOpRef::SetMaxVersion {
                         max_version: node_delta.max_version,
                     })
@@ -863,6 +869,29 @@ mod tests {
             from_version_excluded: 0,
         };
         let read = Delta::deserialize(&mut &raw_delta(&[node, huge])[..]).unwrap();
+        let written = read.serialize_to_vec();
+        let read_again = Delta::deserialize(&mut &written[..]).unwrap();
+        assert_eq!(read_again.node_deltas, read.node_deltas);
+    }
+
+    /// chitchat writes a max version only for a node without keys; a peer may send one after
+    /// keys, and the delta read is written again unchanged.
+    #[test]
+    fn test_a_max_version_after_keys_is_written_again() {
+        let node = DeltaOp::Node {
+            chitchat_id: ChitchatId::for_local_test(10_001),
+            last_gc_version: 0,
+            from_version_excluded: 0,
+        };
+        let key_value = DeltaOp::KeyValue(KeyValueMutation {
+            key: "k".to_string(),
+            value: "v".to_string(),
+            version: 3,
+            status: DeletionStatusMutation::Set,
+        });
+        let bytes = raw_delta(&[node, key_value, DeltaOp::SetMaxVersion { max_version: 9 }]);
+        let read = Delta::deserialize(&mut &bytes[..]).unwrap();
+        assert_eq!(read.node_deltas[0].max_version, 9);
         let written = read.serialize_to_vec();
         let read_again = Delta::deserialize(&mut &written[..]).unwrap();
         assert_eq!(read_again.node_deltas, read.node_deltas);

@@ -14,6 +14,9 @@ pub mod transport;
 mod types;
 mod unconfirmed;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::iter::once;
 use std::net::SocketAddr;
