@@ -9,6 +9,9 @@
 //! - `quic.rs`: the deployed transport in process: 10 agents over QUIC + mutual TLS, an agent
 //!   with another CA never seen alive.
 //! - `bad_input.rs`: junk on the socket and on the gossip port; requests from other users.
+//! - `hostile_peer.rs`: attacks of issue 14 sent by a test peer speaking the real gossip wire
+//!   to real `chorus agent --transport udp` processes: one test per attack, shared helpers
+//!   to build messages, read a node's digest and check the membership.
 //! - `drain.rs`: drain and resume in-process: a draining node is never picked once its state
 //!   has spread (the spread time is measured), it stays drained across a restart; bad
 //!   `pick`/`drain` flags.
@@ -40,6 +43,7 @@ mod support;
 mod bad_input;
 mod cluster;
 mod drain;
+mod hostile_peer;
 mod leader_process;
 mod metrics;
 mod netns;

@@ -604,7 +604,7 @@ fn delta() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// Cases per fuzz property when `CHORUS_FUZZ_CASES` is not set: the whole harness runs in a
-/// few seconds. `scripts/fuzz.sh` sets more.
+/// few seconds; set it higher to fuzz longer.
 const DEFAULT_FUZZ_CASES: u32 = 256;
 
 /// Cases per property: `CHORUS_FUZZ_CASES`, or [`DEFAULT_FUZZ_CASES`].

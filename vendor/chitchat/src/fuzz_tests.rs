@@ -2,7 +2,8 @@
 //! decoders, and a `Chitchat` instance fed decoded hostile messages.
 //!
 //! Each property runs `CHORUS_FUZZ_CASES` cases (default [`DEFAULT_FUZZ_CASES`], a few seconds
-//! in all); `scripts/fuzz.sh` runs them longer. Every test here is named `fuzz_*`.
+//! in all; set it higher to fuzz longer). Every test here is named `fuzz_*`, so
+//! `CHORUS_FUZZ_CASES=100000 cargo test --workspace fuzz_` runs every harness.
 //!
 //! What they assert:
 //! - no input panics, however mangled (bit flips, truncations, splices, huge length prefixes);
