@@ -298,8 +298,11 @@ impl Chitchat {
         }
         let ttl = unconfirmed_node_ttl(self.config.gossip_interval);
         for chitchat_id in self.cluster_state.expired_unconfirmed(now, ttl) {
-            self.cluster_state.drop_unconfirmed(&chitchat_id);
-            self.failure_detector.forget(&chitchat_id);
+            if self.cluster_state.drop_unconfirmed(&chitchat_id)
+                && self.cluster_state.node_state(&chitchat_id).is_none()
+            {
+                self.failure_detector.forget(&chitchat_id);
+            }
         }
     }
 

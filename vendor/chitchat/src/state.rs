@@ -628,6 +628,9 @@ impl ClusterState {
             Entry::Occupied(value) => value.into_mut(),
             Entry::Vacant(vacant) => {
                 self.garbage_collected_nodes.pop(chitchat_id);
+                // A node is a member or unconfirmed, never both; the caller (this node, or
+                // the application's catch-up) vouches for it.
+                self.unconfirmed.drop(chitchat_id);
                 let new_node_state = NodeState::new(chitchat_id.clone(), self.listeners.clone());
                 vacant.insert(new_node_state)
             }
@@ -667,12 +670,12 @@ impl ClusterState {
 
     /// Makes an unconfirmed node a member. Listeners hear of its keys now.
     pub(crate) fn confirm(&mut self, chitchat_id: &ChitchatId) -> bool {
-        if self.node_states.contains_key(chitchat_id) {
-            return false;
-        }
         let Some(mut state) = self.unconfirmed.confirm(chitchat_id) else {
             return false;
         };
+        if self.node_states.contains_key(chitchat_id) {
+            return false;
+        }
         self.garbage_collected_nodes.pop(chitchat_id);
         state.listeners = self.listeners.clone();
         for (key, value) in &state.key_values {

@@ -18,7 +18,7 @@
 //! A node with the same id that was collected recently (dead, then garbage collected) comes
 //! back only with a heartbeat above the one it was collected with, as in the release.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -121,6 +121,10 @@ pub struct UnconfirmedStats {
 #[derive(Default)]
 pub(crate) struct UnconfirmedNodes {
     nodes: BTreeMap<ChitchatId, Unconfirmed>,
+    /// Ids and when they were heard of, oldest first, for [`UnconfirmedNodes::make_room`].
+    /// It may still hold ids that left `nodes` (or came back later); they are skipped, and
+    /// the queue is pruned when it reaches twice the table.
+    heard_order: VecDeque<(ChitchatId, Instant)>,
     stats: UnconfirmedStats,
 }
 
@@ -164,6 +168,15 @@ impl UnconfirmedNodes {
         }
         allowance.left -= 1;
         self.stats.heard += 1;
+        if self.heard_order.len() >= 2 * MAX_UNCONFIRMED_NODES {
+            let nodes = &self.nodes;
+            self.heard_order.retain(|(chitchat_id, heard)| {
+                nodes
+                    .get(chitchat_id)
+                    .is_some_and(|unconfirmed| unconfirmed.first_heard == *heard)
+            });
+        }
+        self.heard_order.push_back((chitchat_id.clone(), now));
         let unconfirmed = Unconfirmed {
             state,
             first_heard: now,
@@ -173,24 +186,22 @@ impl UnconfirmedNodes {
     }
 
     /// Frees a place if the table is full, by dropping the oldest node whose heartbeat never
-    /// moved; false if there is none.
+    /// moved; false if there is none. Nodes whose heartbeat moved leave the queue as they
+    /// are passed: they are never dropped to make room.
     fn make_room(&mut self) -> bool {
         if self.nodes.len() < MAX_UNCONFIRMED_NODES {
             return true;
         }
-        let oldest_static = self
-            .nodes
-            .iter()
-            .filter(|(_, unconfirmed)| !unconfirmed.advanced)
-            .min_by_key(|(_, unconfirmed)| unconfirmed.first_heard)
-            .map(|(chitchat_id, _)| chitchat_id.clone());
-        match oldest_static {
-            Some(chitchat_id) => {
+        while let Some((chitchat_id, heard)) = self.heard_order.pop_front() {
+            let is_static = self.nodes.get(&chitchat_id).is_some_and(|unconfirmed| {
+                unconfirmed.first_heard == heard && !unconfirmed.advanced
+            });
+            if is_static {
                 self.drop(&chitchat_id);
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     /// Removes a node seen live, to become a member.

@@ -548,3 +548,130 @@ async fn test_a_long_cluster_id_keeps_the_syn_within_a_datagram() {
             .contains_key(victim.self_chitchat_id())
     );
 }
+
+/// The application's catch-up (`reset_node_state_if_update`) vouches for a node: it becomes a
+/// member at once, and is unconfirmed no more.
+#[tokio::test(start_paused = true)]
+async fn test_unconfirmed_node_reset_by_the_application_becomes_a_member() {
+    let mut victim = node(1);
+    let peer = fake_id(1);
+    victim.process_message(fake_syn(&victim, 1, 1, 5));
+    assert_eq!(victim.unconfirmed_nodes().count(), 1);
+    victim.reset_node_state_if_update(&peer, std::iter::empty(), 3, 0);
+    assert!(victim.node_state(&peer).is_some());
+    assert_eq!(victim.unconfirmed_nodes().count(), 0);
+    tokio::time::advance(unconfirmed_node_ttl(INTERVAL)).await;
+    victim.update_nodes_liveness();
+    assert!(victim.node_state(&peer).is_some());
+}
+
+fn free_udp_addr() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback port");
+    socket.local_addr().expect("a bound socket has an address")
+}
+
+/// The wire is the release's, and so is what a plain chitchat 0.11.2 node needs to be seen:
+/// two copy nodes and one crates.io 0.11.2 node, over real UDP, each see the others live with
+/// their keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_copy_nodes_and_a_plain_chitchat_0_11_2_node_see_each_other() {
+    use chitchat_upstream as upstream;
+
+    let interval = Duration::from_millis(100);
+    let detector = || FailureDetectorConfig {
+        initial_interval: interval,
+        ..Default::default()
+    };
+    let (seed_addr, plain_addr, other_addr) = (free_udp_addr(), free_udp_addr(), free_udp_addr());
+    let copy_config = |name: &str, addr: SocketAddr| ChitchatConfig {
+        chitchat_id: ChitchatId::new(name.to_string(), 1, addr),
+        cluster_id: "mixed".to_string(),
+        gossip_interval: interval,
+        listen_addr: addr,
+        seed_nodes: vec![seed_addr.to_string()],
+        failure_detector_config: detector(),
+        marked_for_deletion_grace_period: Duration::from_secs(3_600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    let key = |name: &str| vec![("name".to_string(), name.to_string())];
+    let transport = crate::transport::UdpTransport;
+    let seed = crate::spawn_chitchat(copy_config("copy-seed", seed_addr), key("seed"), &transport)
+        .await
+        .unwrap();
+    let other = crate::spawn_chitchat(
+        copy_config("copy-other", other_addr),
+        key("other"),
+        &transport,
+    )
+    .await
+    .unwrap();
+    let plain_config = upstream::ChitchatConfig {
+        chitchat_id: upstream::ChitchatId::new("plain".to_string(), 1, plain_addr),
+        cluster_id: "mixed".to_string(),
+        gossip_interval: interval,
+        listen_addr: plain_addr,
+        seed_nodes: vec![seed_addr.to_string()],
+        failure_detector_config: upstream::FailureDetectorConfig {
+            initial_interval: interval,
+            ..Default::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3_600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    let plain = upstream::spawn_chitchat(
+        plain_config,
+        key("plain"),
+        &upstream::transport::UdpTransport,
+    )
+    .await
+    .unwrap();
+
+    let names = ["copy-other", "copy-seed", "plain"];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen: Vec<Vec<String>> = Vec::new();
+        for handle in [&seed, &other] {
+            let chitchat = handle.chitchat();
+            let chitchat = chitchat.lock().await;
+            let mut live: Vec<String> = chitchat
+                .live_nodes()
+                .filter(|id| {
+                    chitchat
+                        .node_state(id)
+                        .is_some_and(|s| s.get("name").is_some())
+                })
+                .map(|id| id.node_id.to_string())
+                .collect();
+            live.sort();
+            seen.push(live);
+        }
+        {
+            let chitchat = plain.chitchat();
+            let chitchat = chitchat.lock().await;
+            let mut live: Vec<String> = chitchat
+                .live_nodes()
+                .filter(|id| {
+                    chitchat
+                        .node_state(id)
+                        .is_some_and(|s| s.get("name").is_some())
+                })
+                .map(|id| id.node_id.to_string())
+                .collect();
+            live.sort();
+            seen.push(live);
+        }
+        if seen.iter().all(|live| live == &names) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: {seen:?}"
+        );
+        tokio::time::sleep(interval).await;
+    }
+    seed.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+    plain.shutdown().await.unwrap();
+}
