@@ -321,11 +321,12 @@ mod plain {
         ChitchatId::new("evil", 1, ([127, 0, 0, 1], 17019).into())
     }
 
-    /// `count` made-up nodes, numbered from `first`.
+    /// `count` made-up nodes, numbered from `first`, at loopback addresses nobody listens on
+    /// (a node still short of live peers may gossip with nodes it heard of).
     pub fn fake_entries(first: u32, count: u32) -> Vec<Entry> {
         (first..first + count)
             .map(|i| {
-                let addr = ([10, 66, (i >> 8) as u8, i as u8], 7946).into();
+                let addr = ([127, 66, (i >> 8) as u8, i as u8], 9).into();
                 Entry::new(ChitchatId::new(format!("fake-{i}"), 1, addr), 1)
             })
             .collect()

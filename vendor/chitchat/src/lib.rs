@@ -257,20 +257,39 @@ impl Chitchat {
         if chitchat_id == self.self_chitchat_id() {
             return;
         }
-        let moved = if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
-            node_state.try_set_heartbeat(heartbeat)
-        } else if let Some(unconfirmed) = self.cluster_state.unconfirmed_or_admit(
-            chitchat_id,
-            Some(heartbeat),
-            Instant::now(),
-            allowance,
-        ) {
-            unconfirmed.report_heartbeat(heartbeat)
-        } else {
-            false
-        };
+        if let Some(node_state) = self.cluster_state.node_state_mut(chitchat_id) {
+            if node_state.try_set_heartbeat(heartbeat) {
+                self.failure_detector.report_heartbeat(chitchat_id);
+            }
+            return;
+        }
+        let moved = self
+            .cluster_state
+            .unconfirmed_or_admit(chitchat_id, Some(heartbeat), Instant::now(), allowance)
+            .is_some_and(|unconfirmed| unconfirmed.report_heartbeat(heartbeat));
         if moved {
             self.failure_detector.report_heartbeat(chitchat_id);
+            // Confirmed with the message that shows it live, not at the end of the round:
+            // each node passes a newcomer on only once it is confirmed.
+            if self.failure_detector.is_live_now(chitchat_id) {
+                self.confirm(chitchat_id);
+            }
+        }
+    }
+
+    /// Makes an unconfirmed node seen live a member; at `MAX_MEMBERS`, in place of the member
+    /// that died first, or not at all (it stays unconfirmed).
+    fn confirm(&mut self, chitchat_id: &ChitchatId) {
+        if self.cluster_state.num_members() >= MAX_MEMBERS {
+            let Some(first_dead) = self.failure_detector.first_dead().cloned() else {
+                return;
+            };
+            warn!(dead=?first_dead, "{MAX_MEMBERS} members: collecting a dead one early");
+            self.failure_detector.forget(&first_dead);
+            self.cluster_state.remove_node(&first_dead);
+        }
+        if self.cluster_state.confirm(chitchat_id) {
+            self.failure_detector.update_node_liveness(chitchat_id);
         }
     }
 
@@ -285,16 +304,7 @@ impl Chitchat {
             .cloned()
             .collect();
         for chitchat_id in live {
-            if self.cluster_state.num_members() >= MAX_MEMBERS {
-                let Some(first_dead) = self.failure_detector.first_dead().cloned() else {
-                    // No room: it stays unconfirmed, and is dropped at its deadline.
-                    continue;
-                };
-                warn!(dead=?first_dead, "{MAX_MEMBERS} members: collecting a dead one early");
-                self.failure_detector.forget(&first_dead);
-                self.cluster_state.remove_node(&first_dead);
-            }
-            self.cluster_state.confirm(&chitchat_id);
+            self.confirm(&chitchat_id);
         }
         let ttl = unconfirmed_node_ttl(self.config.gossip_interval);
         for chitchat_id in self.cluster_state.expired_unconfirmed(now, ttl) {
