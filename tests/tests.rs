@@ -12,6 +12,9 @@
 //! - `local_hostile.rs`: other local users against a real agent process: a squatted default
 //!   socket, `--socket` at a regular file, idle-connection floods on the metrics port and the
 //!   socket, vanishing `watch` clients (root only for the parts played by other uids).
+//! - `hostile_peer.rs`: attacks of issue 14 sent by a test peer speaking the real gossip wire
+//!   to real `chorus agent --transport udp` processes: one test per attack, shared helpers
+//!   to build messages, read a node's digest and check the membership.
 //! - `drain.rs`: drain and resume in-process: a draining node is never picked once its state
 //!   has spread (the spread time is measured), it stays drained across a restart; bad
 //!   `pick`/`drain` flags.
@@ -55,6 +58,7 @@ mod bad_input;
 mod cluster;
 mod drain;
 mod faults;
+mod hostile_peer;
 mod leader_process;
 mod local_hostile;
 mod metrics;

@@ -99,6 +99,11 @@ impl KillOnDrop {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll the child process")
+    }
+
     /// `kill -9`.
     pub fn kill_9(&mut self) {
         self.child.kill().expect("SIGKILL");

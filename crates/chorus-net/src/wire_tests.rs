@@ -603,11 +603,244 @@ fn delta() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+/// Cases per fuzz property when `CHORUS_FUZZ_CASES` is not set: the whole harness runs in a
+/// few seconds; set it higher to fuzz longer.
+const DEFAULT_FUZZ_CASES: u32 = 256;
 
+/// Cases per property: `CHORUS_FUZZ_CASES`, or [`DEFAULT_FUZZ_CASES`].
+fn fuzz_cases() -> u32 {
+    std::env::var("CHORUS_FUZZ_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(DEFAULT_FUZZ_CASES)
+}
+
+fn fuzz_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: fuzz_cases(),
+        // Regressions are kept as named tests (`fuzz_regression_*`), not in files.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// The smallest compact digest entry: flags, kept prefix, edit lengths, generation,
+/// heartbeat and max version, one byte each (address, port and GC version shared).
+const MIN_COMPACT_ENTRY_LEN: usize = 6;
+
+/// Decodes `bytes` as a peer's datagram: never a panic, and the decoded message within its
+/// bounds: the rebuilt chitchat bytes within [`MAX_PLAIN_SIZE`], at most one digest entry per
+/// [`MIN_COMPACT_ENTRY_LEN`] wire bytes, a delta of at most `MAX_INFLATED_STREAM` bytes of
+/// keys and values. Whatever decodes is encoded again into a message that decodes the same.
+fn decode_within_bounds(bytes: &[u8]) -> Option<ChitchatMessage> {
+    if let Ok(plain) = expand(bytes) {
+        assert!(plain.len() <= MAX_PLAIN_SIZE, "{} plain bytes", plain.len());
+    }
+    let message = decode(bytes).ok()?;
+    let (entries, delta_bytes) = decoded_size(&message.serialize_to_vec());
+    assert!(
+        entries <= bytes.len() / MIN_COMPACT_ENTRY_LEN,
+        "{entries} digest entries from {} bytes",
+        bytes.len()
+    );
+    assert!(
+        delta_bytes <= MAX_INFLATED_STREAM,
+        "a delta of {delta_bytes} bytes"
+    );
+    let again = decode(&encode(&message).expect("a decoded message encodes")).unwrap();
+    assert_eq!(again.serialize_to_vec(), message.serialize_to_vec());
+    Some(message)
+}
+
+/// Digest entries and inflated delta bytes of a plain chitchat message.
+fn decoded_size(plain: &[u8]) -> (usize, usize) {
+    let mut body = Reader(&plain[4..]);
+    let entries = match plain[3] {
+        SYN | SYN_ACK => usize::from(body.u16().unwrap()),
+        _ => 0,
+    };
+    let delta = match plain[3] {
+        ACK | SYN_ACK => delta_of(plain),
+        _ => &[],
+    };
+    let mut inflated = 0;
+    let mut blocks = Reader(delta);
+    while let Ok(block_type) = blocks.u8() {
+        let Ok(len) = blocks.u16() else { break };
+        let Ok(block) = blocks.take(len.into()) else {
+            break;
+        };
+        inflated += match block_type {
+            ZSTD_BLOCK => zstd::bulk::decompress(block, INFLATED_BLOCK_MAX).map_or(0, |b| b.len()),
+            _ => block.len(),
+        };
+    }
+    (entries, inflated)
+}
+
+/// A change a network or an attacker may make to a datagram.
+#[derive(Debug, Clone)]
+enum Mutation {
+    FlipBit(Index, u8),
+    SetByte(Index, u8),
+    Truncate(Index),
+    Insert(Index, Vec<u8>),
+    /// A copy of one part of the message put at another place.
+    Splice(Index, Index, Index),
+    /// A ten-byte varint (count, prefix, edit length or difference at its largest).
+    HugeVarint(Index),
+    /// `0xFFFF` over two bytes: a chitchat length prefix at its largest.
+    HugeLength(Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Mutation::FlipBit(at, bit)),
+        (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Mutation::SetByte(at, byte)),
+        any::<Index>().prop_map(Mutation::Truncate),
+        (any::<Index>(), prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
+        (any::<Index>(), any::<Index>(), any::<Index>())
+            .prop_map(|(from, len, to)| Mutation::Splice(from, len, to)),
+        any::<Index>().prop_map(Mutation::HugeVarint),
+        any::<Index>().prop_map(Mutation::HugeLength),
+    ]
+}
+
+fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
+    if bytes.is_empty() {
+        return;
+    }
+    let len = bytes.len();
+    match mutation {
+        Mutation::FlipBit(at, bit) => bytes[at.index(len)] ^= 1 << bit,
+        Mutation::SetByte(at, byte) => bytes[at.index(len)] = *byte,
+        Mutation::Truncate(at) => bytes.truncate(at.index(len)),
+        Mutation::Insert(at, inserted) => {
+            let at = at.index(len + 1);
+            bytes.splice(at..at, inserted.iter().copied());
+        }
+        Mutation::Splice(from, part_len, to) => {
+            let from = from.index(len);
+            let part = bytes[from..from + part_len.index(len - from) + 1].to_vec();
+            let to = to.index(len + 1);
+            bytes.splice(to..to, part);
+        }
+        Mutation::HugeVarint(at) => {
+            let at = at.index(len + 1);
+            let varint = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
+            bytes.splice(at..at, varint);
+        }
+        Mutation::HugeLength(at) => {
+            let at = at.index(len);
+            bytes[at] = 0xFF;
+            if at + 1 < len {
+                bytes[at + 1] = 0xFF;
+            }
+        }
+    }
+}
+
+/// A message of any type with a digest and a delta, valid or not, and its plain bytes.
+fn plain_message_of_any_type() -> impl Strategy<Value = Vec<u8>> {
+    (digest(), delta(), ".{0,20}", 0..4u8).prop_map(|(digest, delta, cluster, message_type)| {
+        let digest = plain_digest(&digest);
+        match message_type {
+            SYN => plain_message(SYN, &digest, &cluster.serialize_to_vec()),
+            SYN_ACK => plain_message(SYN_ACK, &digest, &delta),
+            ACK => plain_message(ACK, &[], &delta),
+            _ => plain_message(BAD_CLUSTER, &[], &[]),
+        }
+    })
+}
+
+/// The issue 14 datagram, byte for byte as its Python reproduction sends it: a verbatim
+/// SynAck whose delta sets the key "é" (a two-byte first character) on node "evil".
+fn issue_14_multibyte_key_syn_ack() -> Vec<u8> {
+    fn s(text: &str) -> Vec<u8> {
+        [&(text.len() as u16).to_le_bytes()[..], text.as_bytes()].concat()
+    }
+    let cid = [
+        s("evil"),
+        1u64.to_le_bytes().to_vec(),
+        vec![4, 127, 0, 0, 1],
+        17019u16.to_le_bytes().to_vec(),
+    ]
+    .concat();
+    let digest = [
+        &1u16.to_le_bytes()[..],
+        &cid,
+        &[1, 0, 0, 0, 0, 0, 0, 0],
+        &[0; 8],
+        &[1, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let ops = [
+        &[0][..],
+        &cid,
+        &[0; 16],
+        &[1],
+        &s("é"),
+        &s("x"),
+        &1u64.to_le_bytes(),
+        &[0],
+    ]
+    .concat();
+    let delta = [&[2][..], &(ops.len() as u16).to_le_bytes(), &ops, &[0]].concat();
+    [&[FORMAT_VERBATIM, SYN_ACK][..], &digest, &delta].concat()
+}
+
+/// The issue 14 flood: a Syn listing 1,300 made-up nodes, in the compact form.
+fn issue_14_fake_digest_syn() -> Vec<u8> {
+    let digest: Digest = (0..1_300u32)
+        .map(|i| {
+            let id = ChitchatId::new(
+                format!("fake-{i}"),
+                1,
+                addr([10, 66, (i >> 8) as u8, i as u8], 7946),
+            );
+            (id, [1, 0, 1])
+        })
+        .collect();
+    compact(&plain_syn(&digest, "c")).unwrap()
+}
+
+#[test]
+fn fuzz_regression_issue_14_multibyte_key_syn_ack() {
+    let bytes = issue_14_multibyte_key_syn_ack();
+    let message = decode_within_bounds(&bytes).expect("the issue's SynAck is well formed");
+    let ChitchatMessage::SynAck { .. } = &message else {
+        panic!("a SynAck: {message:?}");
+    };
+    // What chitchat is handed carries the key as sent (in an uncompressed block).
+    let plain = expand(&bytes).unwrap();
+    let key = [&2u16.to_le_bytes()[..], "é".as_bytes()].concat();
+    assert!(plain.windows(key.len()).any(|w| w == key));
+}
+
+#[test]
+fn fuzz_regression_issue_14_fake_digest_flood() {
+    let bytes = issue_14_fake_digest_syn();
+    assert!(
+        bytes.len() <= crate::MAX_UDP_PAYLOAD,
+        "one datagram: {} bytes",
+        bytes.len()
+    );
+    decode_within_bounds(&bytes).expect("the flood is well formed");
+    let (entries, _) = decoded_size(&decode(&bytes).unwrap().serialize_to_vec());
+    assert_eq!(entries, 1_300);
+}
+
+proptest! {
+    #![proptest_config(fuzz_config())]
+
+    /// Valid digests, in Syns and SynAcks, round-trip byte for byte.
     #[test]
-    fn arbitrary_digests_round_trip(digest in digest(), cluster in ".{0,20}", syn in any::<bool>()) {
+    fn fuzz_wire_valid_digests_round_trip(
+        digest in digest(),
+        cluster in ".{0,20}",
+        syn in any::<bool>(),
+    ) {
         let plain = if syn { plain_syn(&digest, &cluster) } else { plain_syn_ack(&digest) };
         assert_round_trip(&plain);
     }
@@ -615,7 +848,7 @@ proptest! {
     /// Byte-exact transcoding, and decode agreeing with chitchat on every
     /// message, valid or not (deltas and trailing junk included).
     #[test]
-    fn decode_agrees_with_chitchat(
+    fn fuzz_wire_decode_agrees_with_chitchat(
         digest in digest(),
         delta in delta(),
         cluster in ".{0,20}",
@@ -640,35 +873,46 @@ proptest! {
         }
     }
 
+    /// Any bytes, after a valid or random format byte: no panic, bounded decoding.
     #[test]
-    fn arbitrary_bytes_never_panic(
+    fn fuzz_wire_decoder_on_arbitrary_bytes(
         format in prop_oneof![Just(FORMAT_COMPACT), Just(FORMAT_VERBATIM), any::<u8>()],
         message_type in 0..5u8,
         body in prop::collection::vec(any::<u8>(), 0..400),
     ) {
         let bytes = [&[format, message_type][..], &body].concat();
-        if let Ok(plain) = expand(&bytes) {
-            prop_assert!(plain.len() <= MAX_PLAIN_SIZE);
-        }
-        let _ = decode(&bytes);
-        let _ = decode(&body);
+        decode_within_bounds(&bytes);
+        decode_within_bounds(&body);
     }
 
+    /// Encoded messages of every type (digests, deltas, junk after them), mangled: bit flips,
+    /// truncations, splices, huge varints and length prefixes. No panic, bounded decoding.
     #[test]
-    fn damaged_encodings_never_panic(
-        digest in digest(),
-        cut in any::<Index>(),
-        flips in prop::collection::vec((any::<Index>(), any::<u8>()), 1..4),
+    fn fuzz_wire_decoder_on_mutated_messages(
+        plain in plain_message_of_any_type(),
+        mutations in prop::collection::vec(mutation(), 1..5),
     ) {
-        let encoded = compact(&plain_syn(&digest, "c")).unwrap();
-        let _ = decode(&encoded[..cut.index(encoded.len() + 1)]);
-        let mut mutated = encoded.clone();
-        for (at, value) in flips {
-            mutated[at.index(encoded.len())] = value;
+        let mut bytes = compact(&plain).unwrap();
+        for mutation in &mutations {
+            mutate(&mut bytes, mutation);
         }
-        if let Ok(plain) = expand(&mutated) {
-            prop_assert!(plain.len() <= MAX_PLAIN_SIZE);
+        decode_within_bounds(&bytes);
+    }
+
+    /// The issue's datagrams, mangled.
+    #[test]
+    fn fuzz_wire_decoder_on_mutated_attacks(
+        flood in any::<bool>(),
+        mutations in prop::collection::vec(mutation(), 1..5),
+    ) {
+        let mut bytes = if flood {
+            issue_14_fake_digest_syn()
+        } else {
+            issue_14_multibyte_key_syn_ack()
+        };
+        for mutation in &mutations {
+            mutate(&mut bytes, mutation);
         }
-        let _ = decode(&mutated);
+        decode_within_bounds(&bytes);
     }
 }

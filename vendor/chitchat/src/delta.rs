@@ -1,6 +1,7 @@
 use std::collections::HashSet;
 
 use anyhow::Context as _;
+use tracing::warn;
 
 use crate::serialize::*;
 use crate::types::{DeletionStatusMutation, KeyValueMutation, KeyValueMutationRef};
@@ -40,9 +41,15 @@ impl Delta {
                     .map(|key_value_mutation| DeltaOpRef::KeyValue(key_value_mutation.into())),
             )
             .chain({
-                if node_delta.key_values.is_empty() && node_delta.max_version > 0 {
+                let last_key_version = node_delta
+                    .key_values
+                    .last()
+                    .map_or(0, |key_value| key_value.version);
+                if node_delta.max_version > last_key_version {
                     // The point of transmitting max_version is to update max_version in the
-                    // presence of an empty empty node state (due to GC).
+                    // presence of an empty empty node state (due to GC). chitchat sends it
+                    // only for a node without keys; a peer may send it after keys too, and
+                    // the delta is written again as it was read.
                     Some(DeltaOpRef::SetMaxVersion {
                         max_version: node_delta.max_version,
                     })
@@ -218,13 +225,17 @@ impl Serializable for DeltaOpRef<'_> {
 }
 
 impl Serializable for Delta {
+    /// Writes the delta in chitchat's blocks. A delta built by a [`DeltaSerializer`] comes
+    /// out in exactly `serialized_len` bytes (its blocks are never longer than these). A
+    /// delta read from a peer may have come in other blocks: written again it may take
+    /// another length than `serialized_len`, the length it was read from.
     fn serialize(&self, buf: &mut Vec<u8>) {
-        let mut compressed_stream_writer = CompressedStreamWriter::with_block_threshold(16_384);
+        let mut compressed_stream_writer =
+            CompressedStreamWriter::with_block_threshold(BLOCK_THRESHOLD);
         for op in self.get_operations() {
             compressed_stream_writer.append(&op);
         }
         let payload = compressed_stream_writer.finish();
-        assert_eq!(payload.len(), self.serialized_len);
         buf.extend(&payload);
     }
 
@@ -236,12 +247,10 @@ impl Serializable for Delta {
 impl Deserializable for Delta {
     fn deserialize(buf: &mut &[u8]) -> anyhow::Result<Self> {
         let original_len = buf.len();
-        let ops: Vec<DeltaOp> = crate::serialize::deserialize_stream(buf)?;
-        let consumed_len = original_len - buf.len();
         let mut delta_builder = DeltaBuilder::default();
-        for op in ops {
-            delta_builder.apply_op(op)?;
-        }
+        // Each operation goes to the builder as it is read, so only the delta itself is held.
+        crate::serialize::deserialize_stream_with(buf, |op: DeltaOp| delta_builder.apply_op(op))?;
+        let consumed_len = original_len - buf.len();
         Ok(delta_builder.finish(consumed_len))
     }
 }
@@ -369,7 +378,51 @@ impl DeltaBuilder {
         self.delta
     }
 
+    /// Whether `op` may follow the operations so far: a key-value or max version needs a node
+    /// first, a node appears once, and versions only go up within a node.
+    fn check_op(&self, op: &DeltaOp) -> anyhow::Result<()> {
+        match op {
+            DeltaOp::Node { chitchat_id, .. } => {
+                anyhow::ensure!(
+                    !self.existing_nodes.contains(chitchat_id),
+                    "node {chitchat_id:?} appears twice in one delta"
+                );
+            }
+            DeltaOp::KeyValue(key_value_mutation) => {
+                let current_node_delta = self
+                    .current_node_delta
+                    .as_ref()
+                    .context("received a key-value op without a node op before.")?;
+                anyhow::ensure!(
+                    current_node_delta.max_version < key_value_mutation.version,
+                    "kv version should be striclty increasing"
+                );
+            }
+            DeltaOp::SetMaxVersion { max_version } => {
+                let current_node_delta = self
+                    .current_node_delta
+                    .as_ref()
+                    .context("received a max version op without a node op before.")?;
+                // A max version below a key's version would claim the node's state ends
+                // before keys it holds.
+                anyhow::ensure!(
+                    current_node_delta.max_version <= *max_version,
+                    "max version {max_version} below the version of a key before it ({})",
+                    current_node_delta.max_version
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn apply_op(&mut self, op: DeltaOp) -> anyhow::Result<()> {
+        self.check_op(&op)?;
+        self.apply_checked_op(op);
+        Ok(())
+    }
+
+    /// Applies an op [`DeltaBuilder::check_op`] accepted.
+    fn apply_checked_op(&mut self, op: DeltaOp) {
         match op {
             DeltaOp::Node {
                 chitchat_id,
@@ -377,7 +430,6 @@ impl DeltaBuilder {
                 from_version_excluded,
             } => {
                 self.flush();
-                anyhow::ensure!(!self.existing_nodes.contains(&chitchat_id));
                 self.existing_nodes.insert(chitchat_id.clone());
                 self.current_node_delta = Some(NodeDelta {
                     chitchat_id,
@@ -388,25 +440,17 @@ impl DeltaBuilder {
                 });
             }
             DeltaOp::KeyValue(key_value_mutation) => {
-                let current_node_delta = self
-                    .current_node_delta
-                    .as_mut()
-                    .context("received a key-value op without a node op before.")?;
-                anyhow::ensure!(
-                    current_node_delta.max_version < key_value_mutation.version,
-                    "kv version should be striclty increasing"
-                );
-                current_node_delta.max_version = key_value_mutation.version;
-                current_node_delta.key_values.push(key_value_mutation);
+                if let Some(current_node_delta) = self.current_node_delta.as_mut() {
+                    current_node_delta.max_version = key_value_mutation.version;
+                    current_node_delta.key_values.push(key_value_mutation);
+                }
             }
             DeltaOp::SetMaxVersion { max_version } => {
-                let Some(current_node_delta) = self.current_node_delta.as_mut() else {
-                    anyhow::bail!("received a key-value op without a node op before.");
-                };
-                current_node_delta.max_version = max_version;
+                if let Some(current_node_delta) = self.current_node_delta.as_mut() {
+                    current_node_delta.max_version = max_version;
+                }
             }
         }
-        Ok(())
     }
 
     fn flush(&mut self) {
@@ -434,9 +478,11 @@ pub struct DeltaSerializer {
 const BLOCK_THRESHOLD: u16 = 16_384u16;
 
 impl DeltaSerializer {
+    /// A serializer whose delta will take at most `mtu` bytes. Any `mtu` is fine: one too
+    /// small for an operation gives an empty delta (one byte).
     pub fn with_mtu(mtu: usize) -> Self {
-        assert!(mtu >= 100);
-        let block_threshold = u16::try_from((BLOCK_THRESHOLD as usize).min(mtu)).unwrap();
+        let block_threshold =
+            u16::try_from(mtu.clamp(1, usize::from(BLOCK_THRESHOLD))).unwrap_or(BLOCK_THRESHOLD);
         DeltaSerializer {
             mtu,
             delta_builder: DeltaBuilder::default(),
@@ -458,8 +504,13 @@ impl DeltaSerializer {
         {
             return false;
         }
+        // Checked before anything is written, so the bytes and the delta never disagree.
+        if let Err(error) = self.delta_builder.check_op(&delta_op) {
+            warn!(%error, "operation left out of a delta");
+            return false;
+        }
         self.compressed_stream_writer.append(&delta_op);
-        assert!(self.delta_builder.apply_op(delta_op).is_ok());
+        self.delta_builder.apply_checked_op(delta_op);
         true
     }
 
@@ -737,38 +788,149 @@ mod tests {
         test_aux_delta_writer(delta_writer, 72);
     }
 
+    fn kv(value: &str, version: Version) -> VersionedValue {
+        VersionedValue {
+            value: value.to_string(),
+            version,
+            status: DeletionStatus::Set,
+        }
+    }
+
     #[test]
-    #[should_panic]
-    fn test_delta_serialization_panic_if_add_after_exceed() {
-        let mut delta_writer = DeltaSerializer::with_mtu(62);
-
+    fn test_delta_serializer_refuses_an_op_out_of_order() {
+        let mut delta_writer = DeltaSerializer::with_mtu(1_000);
+        assert!(!delta_writer.try_add_kv("orphan", kv("v", 1)));
+        assert!(!delta_writer.try_set_max_version(3));
         let node1 = ChitchatId::for_local_test(10_001);
-        assert!(delta_writer.try_add_node(node1, 0u64, 1u64));
+        assert!(delta_writer.try_add_node(node1.clone(), 0u64, 0u64));
+        assert!(!delta_writer.try_add_node(node1.clone(), 0u64, 0u64));
+        assert!(delta_writer.try_add_kv("key11", kv("val11", 2)));
+        assert!(!delta_writer.try_add_kv("key12", kv("val12", 2)));
+        assert!(!delta_writer.try_set_max_version(1));
+        let delta = delta_writer.finish();
+        let mut expected = Delta::default();
+        expected.add_node(node1.clone(), 0, 0);
+        expected.add_kv(&node1, "key11", "val11", 2, false);
+        assert_eq!(delta.node_deltas, expected.node_deltas);
+        let bytes = delta.serialize_to_vec();
+        assert_eq!(bytes.len(), delta.serialized_len());
+        assert_eq!(Delta::deserialize(&mut &bytes[..]).unwrap(), delta);
+    }
 
-        assert!(delta_writer.try_add_kv(
-            "key11",
-            VersionedValue {
-                value: "val11".to_string(),
-                version: 1,
-                status: DeletionStatus::Set,
+    #[test]
+    fn test_delta_serializer_accepts_any_mtu() {
+        let node1 = ChitchatId::for_local_test(10_001);
+        for mtu in [0, 1, 2, 3, 4, 40, 47, 48, 71, 72, 99, 100, 16_384, 70_000] {
+            let mut delta_writer = DeltaSerializer::with_mtu(mtu);
+            if delta_writer.try_add_node(node1.clone(), 0, 0) {
+                let _ = delta_writer.try_add_kv("key11", kv("val11", 1));
             }
-        ));
-        assert!(!delta_writer.try_add_kv(
-            "key12",
-            VersionedValue {
-                value: "val12".to_string(),
-                version: 2,
-                status: DeletionStatus::Set,
-            }
-        ));
-        delta_writer.try_add_kv(
-            "key13",
-            VersionedValue {
-                value: "val12".to_string(),
-                version: 2,
-                status: DeletionStatus::Set,
-            },
-        );
+            let delta = delta_writer.finish();
+            let bytes = delta.serialize_to_vec();
+            assert_eq!(bytes.len(), delta.serialized_len(), "mtu {mtu}");
+            assert!(
+                bytes.len() <= mtu.max(1),
+                "mtu {mtu}: {} bytes",
+                bytes.len()
+            );
+            assert_eq!(Delta::deserialize(&mut &bytes[..]).unwrap(), delta);
+        }
+    }
+
+    /// Ops as a stream of uncompressed blocks, as a peer may write them.
+    fn raw_delta(ops: &[DeltaOp]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        for op in ops {
+            op.serialize(&mut plain);
+        }
+        let mut buf = Vec::new();
+        for chunk in plain.chunks(1_000) {
+            buf.push(2); // uncompressed block
+            (chunk.len() as u16).serialize(&mut buf);
+            buf.extend_from_slice(chunk);
+        }
+        buf.push(0); // no more blocks
+        buf
+    }
+
+    /// A key-value op longer than a block (up to two 64 KiB strings) is valid input; a delta
+    /// holding one can be written again.
+    #[test]
+    fn test_a_delta_read_from_a_peer_can_be_written_again() {
+        let huge = DeltaOp::KeyValue(KeyValueMutation {
+            key: "k".repeat(usize::from(u16::MAX)),
+            value: "v".repeat(usize::from(u16::MAX)),
+            version: 1,
+            status: DeletionStatusMutation::Set,
+        });
+        let node = DeltaOp::Node {
+            chitchat_id: ChitchatId::for_local_test(10_001),
+            last_gc_version: 0,
+            from_version_excluded: 0,
+        };
+        let read = Delta::deserialize(&mut &raw_delta(&[node, huge])[..]).unwrap();
+        let written = read.serialize_to_vec();
+        let read_again = Delta::deserialize(&mut &written[..]).unwrap();
+        assert_eq!(read_again.node_deltas, read.node_deltas);
+    }
+
+    /// chitchat writes a max version only for a node without keys; a peer may send one after
+    /// keys, and the delta read is written again unchanged.
+    #[test]
+    fn test_a_max_version_after_keys_is_written_again() {
+        let node = DeltaOp::Node {
+            chitchat_id: ChitchatId::for_local_test(10_001),
+            last_gc_version: 0,
+            from_version_excluded: 0,
+        };
+        let key_value = DeltaOp::KeyValue(KeyValueMutation {
+            key: "k".to_string(),
+            value: "v".to_string(),
+            version: 3,
+            status: DeletionStatusMutation::Set,
+        });
+        let bytes = raw_delta(&[node, key_value, DeltaOp::SetMaxVersion { max_version: 9 }]);
+        let read = Delta::deserialize(&mut &bytes[..]).unwrap();
+        assert_eq!(read.node_deltas[0].max_version, 9);
+        let written = read.serialize_to_vec();
+        let read_again = Delta::deserialize(&mut &written[..]).unwrap();
+        assert_eq!(read_again.node_deltas, read.node_deltas);
+    }
+
+    #[test]
+    fn test_delta_max_version_below_a_key_version_is_refused() {
+        let node = || DeltaOp::Node {
+            chitchat_id: ChitchatId::for_local_test(10_001),
+            last_gc_version: 0,
+            from_version_excluded: 0,
+        };
+        let key_value = |version| {
+            DeltaOp::KeyValue(KeyValueMutation {
+                key: "k".to_string(),
+                value: "v".to_string(),
+                version,
+                status: DeletionStatusMutation::Set,
+            })
+        };
+        let set_max = |max_version| DeltaOp::SetMaxVersion { max_version };
+        let refused = raw_delta(&[node(), key_value(100), set_max(5)]);
+        let error = Delta::deserialize(&mut &refused[..]).unwrap_err();
+        assert!(error.to_string().contains("below the version"), "{error}");
+        for accepted in [
+            raw_delta(&[node(), key_value(100), set_max(100)]),
+            raw_delta(&[node(), key_value(100), set_max(u64::MAX)]),
+            raw_delta(&[node(), set_max(5), set_max(7)]),
+        ] {
+            Delta::deserialize(&mut &accepted[..]).unwrap();
+        }
+        for refused in [
+            raw_delta(&[node(), set_max(7), key_value(7)]),
+            raw_delta(&[node(), node()]),
+            raw_delta(&[key_value(1)]),
+            raw_delta(&[set_max(1)]),
+        ] {
+            assert!(Delta::deserialize(&mut &refused[..]).is_err());
+        }
     }
 
     #[test]

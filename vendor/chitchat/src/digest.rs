@@ -3,6 +3,11 @@ use std::collections::BTreeMap;
 use crate::serialize::*;
 use crate::{ChitchatId, Heartbeat, Version};
 
+/// Bytes of a digest's entry count.
+pub(crate) const DIGEST_COUNT_LEN: usize = 2;
+/// Bytes of a digest entry after its node id: heartbeat, last GC version, max version.
+pub(crate) const NODE_DIGEST_LEN: usize = 24;
+
 #[derive(Debug, Clone, Copy, Default, Eq, PartialEq)]
 pub(crate) struct NodeDigest {
     pub(crate) heartbeat: Heartbeat,
@@ -65,17 +70,27 @@ impl Digest {
     }
 }
 
+impl Digest {
+    /// How many entries go on the wire: the count is a `u16`, and entries past it are left
+    /// out rather than the count wrapping (a digest sized for a datagram holds far fewer).
+    fn wire_count(&self) -> u16 {
+        u16::try_from(self.node_digests.len()).unwrap_or(u16::MAX)
+    }
+}
+
 impl Serializable for Digest {
     fn serialize(&self, buf: &mut Vec<u8>) {
-        (self.node_digests.len() as u16).serialize(buf);
-        for (chitchat_id, node_digest) in &self.node_digests {
+        let count = self.wire_count();
+        count.serialize(buf);
+        for (chitchat_id, node_digest) in self.node_digests.iter().take(count.into()) {
             chitchat_id.serialize(buf);
             node_digest.serialize(buf);
         }
     }
     fn serialized_len(&self) -> usize {
-        let mut len = (self.node_digests.len() as u16).serialized_len();
-        for (chitchat_id, node_digest) in &self.node_digests {
+        let count = self.wire_count();
+        let mut len = count.serialized_len();
+        for (chitchat_id, node_digest) in self.node_digests.iter().take(count.into()) {
             len += chitchat_id.serialized_len();
             len += node_digest.serialized_len();
         }
@@ -100,7 +115,7 @@ impl Deserializable for Digest {
 #[cfg(test)]
 mod tests {
     use crate::digest::{Digest, NodeDigest};
-    use crate::serialize::test_serdeser_aux;
+    use crate::serialize::{Deserializable, Serializable, test_serdeser_aux};
     use crate::{ChitchatId, Heartbeat};
 
     #[test]
@@ -123,5 +138,19 @@ mod tests {
         digest.add_node(node2, Heartbeat(102), 20, 12);
         digest.add_node(node3, Heartbeat(103), 0, 13);
         test_serdeser_aux(&digest, 104);
+    }
+
+    /// The entry count is a `u16`: past it entries are left out, the count never wraps.
+    #[test]
+    fn test_digest_past_u16_entries_keeps_its_count_true() {
+        let mut digest = Digest::default();
+        for i in 0..=u32::from(u16::MAX) {
+            let node = ChitchatId::new(format!("{i}"), 0, ([127, 0, 0, 1], 1).into());
+            digest.add_node(node, Heartbeat(1), 0, 0);
+        }
+        let buf = digest.serialize_to_vec();
+        assert_eq!(buf.len(), digest.serialized_len());
+        let read = Digest::deserialize(&mut &buf[..]).unwrap();
+        assert_eq!(read.node_digests.len(), usize::from(u16::MAX));
     }
 }

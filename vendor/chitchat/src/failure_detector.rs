@@ -77,6 +77,30 @@ impl FailureDetector {
         }
     }
 
+    /// Whether the node's heartbeats make it live now, as [`Self::update_node_liveness`]
+    /// would judge it, without recording anything: for nodes not yet members.
+    pub(crate) fn is_live_now(&self, chitchat_id: &ChitchatId) -> bool {
+        self.node_samples
+            .get(chitchat_id)
+            .and_then(SamplingWindow::phi)
+            .is_some_and(|phi| phi <= self.config.phi_threshold)
+    }
+
+    /// Forgets everything about a node.
+    pub(crate) fn forget(&mut self, chitchat_id: &ChitchatId) {
+        self.node_samples.remove(chitchat_id);
+        self.live_nodes.remove(chitchat_id);
+        self.dead_nodes.remove(chitchat_id);
+    }
+
+    /// The dead node that died first.
+    pub(crate) fn first_dead(&self) -> Option<&ChitchatId> {
+        self.dead_nodes
+            .iter()
+            .min_by_key(|(_, time_of_death)| **time_of_death)
+            .map(|(chitchat_id, _)| chitchat_id)
+    }
+
     /// Removes and returns the list of garbage collectible nodes.
     pub fn garbage_collect(&mut self) -> Vec<ChitchatId> {
         let mut garbage_collected_nodes = Vec::new();

@@ -102,12 +102,14 @@ impl InnerListeners {
                 (*listener)(key_change_event);
             }
         }
-        if key_change_event.key.is_empty() {
+        // Every non-empty prefix of the key starts with the key's whole first character, so
+        // that character is a lower bound for them all. A byte slice would split a multi-byte
+        // first character (a key from a peer may start with any character).
+        let Some(first_char) = key_change_event.key.chars().next() else {
             return;
-        }
-
+        };
         let range = (
-            Bound::Included(&key_change_event.key[0..1]),
+            Bound::Included(&key_change_event.key[..first_char.len_utf8()]),
             Bound::Included(key_change_event.key),
         );
         for (prefix_key, listeners) in self.listeners.range::<str, _>(range) {
@@ -302,5 +304,46 @@ mod tests {
         assert_eq!(counter_bb.load(Ordering::Relaxed), 1);
         assert_eq!(counter_bb2.load(Ordering::Relaxed), 1);
         assert_eq!(counter_bc.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn test_listeners_keys_starting_with_a_multibyte_character() {
+        let mut listeners = Listeners::default();
+        let count = |prefix: &str| {
+            let counter: Arc<AtomicUsize> = Default::default();
+            let counter_clone = counter.clone();
+            listeners
+                .subscribe_event(prefix, move |_evt| {
+                    counter_clone.fetch_add(1, Ordering::Relaxed);
+                })
+                .forever();
+            counter
+        };
+        let counter_empty = count("");
+        let counter_e_acute = count("é");
+        let counter_e_acute_x = count("éx");
+        let counter_emoji = count("\u{1F600}");
+        let counter_e = count("e");
+        let node_id = chitchat_id(7280u16);
+        for key in [
+            "é",
+            "éx",
+            "éxy",
+            "\u{1F600}",
+            "\u{1F600}a",
+            "ü",
+            "\u{10FFFF}",
+        ] {
+            listeners.trigger_event(KeyChangeEvent {
+                key,
+                value: "value",
+                node: &node_id,
+            });
+        }
+        assert_eq!(counter_empty.load(Ordering::Relaxed), 7);
+        assert_eq!(counter_e_acute.load(Ordering::Relaxed), 3);
+        assert_eq!(counter_e_acute_x.load(Ordering::Relaxed), 2);
+        assert_eq!(counter_emoji.load(Ordering::Relaxed), 2);
+        assert_eq!(counter_e.load(Ordering::Relaxed), 0);
     }
 }

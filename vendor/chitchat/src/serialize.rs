@@ -350,10 +350,9 @@ impl CompressedStreamWriter {
         }
     }
 
-    /// Appends a new item to the stream. Items must be at most `u16::MAX` bytes long.
+    /// Appends a new item to the stream. An item longer than a block spans several: a reader
+    /// joins the blocks before it parses items.
     pub fn append<S: Serializable + ?Sized>(&mut self, item: &S) {
-        let item_len = item.serialized_len();
-        assert!(item_len <= u16::MAX as usize);
         item.serialize(&mut self.uncompressed_block);
         while self.uncompressed_block.len() > self.block_threshold {
             // time to flush our current block.
@@ -448,7 +447,22 @@ pub const INFLATED_BLOCK_MAX: usize = u16::MAX as usize;
 /// ratio of 32.
 pub const MAX_INFLATED_STREAM: usize = 128 * INFLATED_BLOCK_MAX;
 
+#[cfg(test)]
 pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<Vec<D>> {
+    let mut items = Vec::new();
+    deserialize_stream_with(buf, |item| {
+        items.push(item);
+        Ok(())
+    })?;
+    Ok(items)
+}
+
+/// Inflates the stream at the start of `buf` (at most [`MAX_INFLATED_STREAM`] bytes), then
+/// hands its items to `accept` one at a time, stopping at the first error either returns.
+pub fn deserialize_stream_with<D: Deserializable>(
+    buf: &mut &[u8],
+    mut accept: impl FnMut(D) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut decompressed_data = Vec::new();
     let mut decompressed_buffer = vec![0; INFLATED_BLOCK_MAX];
     loop {
@@ -483,12 +497,10 @@ pub fn deserialize_stream<D: Deserializable>(buf: &mut &[u8]) -> anyhow::Result<
         );
     }
     let mut decompressed_cursor = &decompressed_data[..];
-    let mut items = Vec::new();
     while !decompressed_cursor.is_empty() {
-        let item = D::deserialize(&mut decompressed_cursor)?;
-        items.push(item);
+        accept(D::deserialize(&mut decompressed_cursor)?)?;
     }
-    Ok(items)
+    Ok(())
 }
 
 #[repr(u8)]

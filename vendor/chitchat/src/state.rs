@@ -9,27 +9,41 @@ use std::time::Duration;
 
 use itertools::Itertools;
 use lru::LruCache;
-use rand::Rng;
 use rand::prelude::SliceRandom;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::delta::{Delta, DeltaSerializer, NodeDelta};
-use crate::digest::{Digest, NodeDigest};
+use crate::digest::{DIGEST_COUNT_LEN, Digest, NODE_DIGEST_LEN, NodeDigest};
 use crate::listener::Listeners;
+use crate::serialize::Serializable;
 use crate::types::{DeletionStatus, DeletionStatusMutation};
+use crate::unconfirmed::{NewNodeAllowance, Unconfirmed, UnconfirmedNodes, UnconfirmedStats};
 use crate::{
     ChitchatId, GARBAGE_COLLECTED_NODE_HISTORY_SIZE, Heartbeat, KeyChangeEvent, Version,
     VersionedValue,
 };
+
+/// Most bytes of keys and values (tombstones included) a node's state may reach through
+/// deltas (chorus change 10, CHORUS.md). A delta's keys are applied in version order until the
+/// next one would pass it; the state then stays at the version before, and the node's later
+/// keys are refused the same way. A peer can grow the state it sends about a node by up to
+/// 8 MiB a message (`MAX_INFLATED_STREAM`); this keeps what is held to this much per member
+/// or unconfirmed node. A chorus node publishes about 1 KB; the node's own `set` is not
+/// limited.
+pub const MAX_NODE_STATE_BYTES: usize = 256 * 1024;
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct NodeState {
     chitchat_id: ChitchatId,
     heartbeat: Heartbeat,
     key_values: BTreeMap<String, VersionedValue>,
+    /// Bytes of the keys and values in `key_values`, for [`MAX_NODE_STATE_BYTES`].
+    #[serde(skip)]
+    key_value_bytes: usize,
     #[serde(skip)]
     listeners: Listeners,
     max_version: Version,
@@ -72,11 +86,12 @@ impl Debug for NodeState {
 }
 
 impl NodeState {
-    fn new(chitchat_id: ChitchatId, listeners: Listeners) -> NodeState {
+    pub(crate) fn new(chitchat_id: ChitchatId, listeners: Listeners) -> NodeState {
         NodeState {
             chitchat_id,
             heartbeat: Heartbeat(0),
             key_values: Default::default(),
+            key_value_bytes: 0,
             max_version: 0u64,
             listeners,
             last_gc_version: 0u64,
@@ -104,6 +119,7 @@ impl NodeState {
             },
             heartbeat: Heartbeat(0),
             key_values: Default::default(),
+            key_value_bytes: 0,
             max_version: Default::default(),
             listeners: Listeners::default(),
             last_gc_version: 0u64,
@@ -226,6 +242,29 @@ impl NodeState {
                     continue;
                 }
             }
+            let replaced_len = self
+                .key_values
+                .get(&key_value_mutation.key)
+                .map_or(0, |replaced| {
+                    entry_len(&key_value_mutation.key, &replaced.value)
+                });
+            let bytes_after = self
+                .key_value_bytes
+                .saturating_sub(replaced_len)
+                .saturating_add(entry_len(
+                    &key_value_mutation.key,
+                    &key_value_mutation.value,
+                ));
+            if bytes_after > MAX_NODE_STATE_BYTES {
+                // The keys applied so far form a state at their highest version; the rest
+                // waits, and is refused again for as long as it does not fit.
+                debug!(
+                    node=?node_delta.chitchat_id,
+                    version=key_value_mutation.version,
+                    "node state would pass {MAX_NODE_STATE_BYTES} bytes: later keys refused"
+                );
+                return delta_status;
+            }
             let new_versioned_value = VersionedValue {
                 value: key_value_mutation.value,
                 version: key_value_mutation.version,
@@ -234,8 +273,9 @@ impl NodeState {
             self.set_versioned_value(key_value_mutation.key, new_versioned_value);
         }
 
-        assert!(node_delta.max_version >= self.max_version);
-        self.max_version = node_delta.max_version;
+        // The builder keeps a delta's max version at or above its keys' versions, and a delta
+        // applies only if it is ahead of ours; `max` keeps that true whatever the input.
+        self.max_version = self.max_version.max(node_delta.max_version);
         delta_status
     }
 
@@ -337,6 +377,9 @@ impl NodeState {
         };
         self.max_version += 1;
         versioned_value.version = self.max_version;
+        self.key_value_bytes = self
+            .key_value_bytes
+            .saturating_sub(versioned_value.value.len());
         versioned_value.value = "".to_string();
         versioned_value.status = DeletionStatusMutation::Delete.into_status(Instant::now());
     }
@@ -395,8 +438,9 @@ impl NodeState {
     fn gc_keys_marked_for_deletion(&mut self, grace_period: Duration) {
         let now = Instant::now();
         let mut max_deleted_version = self.last_gc_version;
+        let mut collected_bytes = 0usize;
         self.key_values
-            .retain(|_, versioned_value: &mut VersionedValue| {
+            .retain(|key, versioned_value: &mut VersionedValue| {
                 let Some(deleted_start_instant) = versioned_value
                     .status
                     .time_of_start_scheduled_for_deletion()
@@ -410,8 +454,11 @@ impl NodeState {
                 }
                 // We have exceeded the tombstone grace period. Time to remove it.
                 max_deleted_version = versioned_value.version.max(max_deleted_version);
+                collected_bytes =
+                    collected_bytes.saturating_add(entry_len(key, &versioned_value.value));
                 false
             });
+        self.key_value_bytes = self.key_value_bytes.saturating_sub(collected_bytes);
         self.last_gc_version = max_deleted_version;
     }
 
@@ -420,7 +467,11 @@ impl NodeState {
     /// Most of the time, you do not want to call this method but,
     /// `mark_for_deletion` instead.
     pub(crate) fn remove_key_value_internal(&mut self, key: &str) {
-        self.key_values.remove(key);
+        if let Some(removed) = self.key_values.remove(key) {
+            self.key_value_bytes = self
+                .key_value_bytes
+                .saturating_sub(entry_len(key, &removed.value));
+        }
     }
 
     /// Returns an iterator over the versioned values that are strictly greater than
@@ -460,9 +511,16 @@ impl NodeState {
                 if occupied_versioned_value.version >= versioned_value_update.version {
                     return;
                 }
+                self.key_value_bytes = self
+                    .key_value_bytes
+                    .saturating_sub(occupied_versioned_value.value.len())
+                    .saturating_add(versioned_value_update.value.len());
                 *occupied_versioned_value = versioned_value_update.clone();
             }
             Entry::Vacant(vacant) => {
+                self.key_value_bytes = self
+                    .key_value_bytes
+                    .saturating_add(entry_len(vacant.key(), &versioned_value_update.value));
                 vacant.insert(versioned_value_update.clone());
             }
         };
@@ -482,6 +540,11 @@ impl NodeState {
             },
         );
     }
+}
+
+/// What a key-value costs towards [`MAX_NODE_STATE_BYTES`].
+fn entry_len(key: &str, value: &str) -> usize {
+    key.len().saturating_add(value.len())
 }
 
 /// Enum describing whether a given delta is applicable to a state.
@@ -504,7 +567,11 @@ enum DeltaStatus {
 }
 
 pub(crate) struct ClusterState {
+    /// The members: this node and every node seen live (chorus change 8, CHORUS.md).
     node_states: BTreeMap<ChitchatId, NodeState>,
+    /// Nodes heard of but not yet seen live: kept apart, so that nothing built from
+    /// `node_states` (digests, deltas, gossip targets, what the application reads) sees them.
+    unconfirmed: UnconfirmedNodes,
     seed_addrs: watch::Receiver<HashSet<SocketAddr>>,
     pub(crate) listeners: Listeners,
     // Memory of the recently garbage collected nodes to avoid recreating them
@@ -527,6 +594,7 @@ impl Default for ClusterState {
         let (_seed_addrs_tx, seed_addrs_rx) = watch::channel(Default::default());
         Self {
             node_states: Default::default(),
+            unconfirmed: Default::default(),
             seed_addrs: seed_addrs_rx,
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
@@ -539,6 +607,7 @@ impl ClusterState {
         ClusterState {
             seed_addrs,
             node_states: BTreeMap::new(),
+            unconfirmed: Default::default(),
             listeners: Default::default(),
             garbage_collected_nodes: LruCache::new(GARBAGE_COLLECTED_NODE_HISTORY_SIZE),
         }
@@ -559,10 +628,95 @@ impl ClusterState {
             Entry::Occupied(value) => value.into_mut(),
             Entry::Vacant(vacant) => {
                 self.garbage_collected_nodes.pop(chitchat_id);
+                // A node is a member or unconfirmed, never both; the caller (this node, or
+                // the application's catch-up) vouches for it.
+                self.unconfirmed.drop(chitchat_id);
                 let new_node_state = NodeState::new(chitchat_id.clone(), self.listeners.clone());
                 vacant.insert(new_node_state)
             }
         }
+    }
+
+    /// The unconfirmed node `chitchat_id`, made one now if it is unknown and may be: it is
+    /// not a member, `allowance` has room, and, if it was garbage collected recently,
+    /// `heartbeat` (when known) is above the one it was collected with.
+    pub(crate) fn unconfirmed_or_admit(
+        &mut self,
+        chitchat_id: &ChitchatId,
+        heartbeat: Option<Heartbeat>,
+        now: Instant,
+        allowance: &mut NewNodeAllowance,
+    ) -> Option<&mut Unconfirmed> {
+        if self.node_states.contains_key(chitchat_id) {
+            return None;
+        }
+        if self.unconfirmed.contains(chitchat_id) {
+            return self.unconfirmed.get_mut(chitchat_id);
+        }
+        let collected_heartbeat = self.last_heartbeat_if_deleted(chitchat_id);
+        if let (Some(collected), Some(heartbeat)) = (collected_heartbeat, heartbeat) {
+            if heartbeat <= collected {
+                return None;
+            }
+        }
+        // Without listeners: nobody hears of an unconfirmed node's keys until it is confirmed.
+        let mut state = NodeState::new(chitchat_id.clone(), Listeners::default());
+        if let Some(collected) = collected_heartbeat {
+            // Only a heartbeat above the one it was collected with counts as a move.
+            state.try_set_heartbeat(collected);
+        }
+        self.unconfirmed.admit(state, now, allowance)
+    }
+
+    /// Makes an unconfirmed node a member. Listeners hear of its keys now.
+    pub(crate) fn confirm(&mut self, chitchat_id: &ChitchatId) -> bool {
+        let Some(mut state) = self.unconfirmed.confirm(chitchat_id) else {
+            return false;
+        };
+        if self.node_states.contains_key(chitchat_id) {
+            return false;
+        }
+        self.garbage_collected_nodes.pop(chitchat_id);
+        state.listeners = self.listeners.clone();
+        for (key, value) in &state.key_values {
+            if !value.is_deleted() {
+                state.listeners.trigger_event(KeyChangeEvent {
+                    key,
+                    value: &value.value,
+                    node: chitchat_id,
+                });
+            }
+        }
+        self.node_states.insert(chitchat_id.clone(), state);
+        true
+    }
+
+    /// Forgets an unconfirmed node; returns whether it was there.
+    pub(crate) fn drop_unconfirmed(&mut self, chitchat_id: &ChitchatId) -> bool {
+        self.unconfirmed.drop(chitchat_id)
+    }
+
+    pub(crate) fn unconfirmed_nodes(&self) -> impl Iterator<Item = &ChitchatId> {
+        self.unconfirmed.ids()
+    }
+
+    pub(crate) fn unconfirmed_state(&self, chitchat_id: &ChitchatId) -> Option<&NodeState> {
+        self.unconfirmed
+            .get(chitchat_id)
+            .map(|unconfirmed| &unconfirmed.state)
+    }
+
+    pub(crate) fn unconfirmed_stats(&self) -> UnconfirmedStats {
+        self.unconfirmed.stats()
+    }
+
+    /// Unconfirmed nodes first heard of at least `ttl` before `now`.
+    pub(crate) fn expired_unconfirmed(&self, now: Instant, ttl: Duration) -> Vec<ChitchatId> {
+        self.unconfirmed.expired(now, ttl)
+    }
+
+    pub(crate) fn num_members(&self) -> usize {
+        self.node_states.len()
     }
 
     pub fn node_state(&self, chitchat_id: &ChitchatId) -> Option<&NodeState> {
@@ -591,16 +745,33 @@ impl ClusterState {
     }
 
     // Apply delta and returns true if there was a reset.
-    pub(crate) fn apply_delta(&mut self, delta: Delta) -> bool {
+    //
+    // A node delta for a node that is neither a member nor unconfirmed makes it an
+    // unconfirmed node if it starts from nothing and `allowance` has room; otherwise it is
+    // ignored, as the release ignored deltas about nodes it did not know.
+    pub(crate) fn apply_delta(&mut self, delta: Delta, allowance: &mut NewNodeAllowance) -> bool {
         let now = Instant::now();
         // Apply delta.
         let mut contains_reset = false;
         for node_delta in delta.node_deltas {
-            if let Some(node_state) = self.node_state_mut(&node_delta.chitchat_id) {
+            let node_state =
+                if let Some(node_state) = self.node_states.get_mut(&node_delta.chitchat_id) {
+                    Some(node_state)
+                } else if self.unconfirmed.contains(&node_delta.chitchat_id)
+                    || node_delta.from_version_excluded == 0
+                {
+                    self.unconfirmed_or_admit(&node_delta.chitchat_id, None, now, allowance)
+                        .map(|unconfirmed| &mut unconfirmed.state)
+                } else {
+                    None
+                };
+            if let Some(node_state) = node_state {
                 let monotonic_property_before = node_state.monotonic_property();
                 let delta_status = node_state.apply_delta(node_delta, now);
                 let monotonic_property_after = node_state.monotonic_property();
-                assert!(
+                // Holds by construction (a reset raises the GC version, anything else only
+                // raises the max version); checked in tests, never a panic on peer input.
+                debug_assert!(
                     monotonic_property_after >= monotonic_property_before,
                     "after {monotonic_property_after:?}, before {monotonic_property_before:?}"
                 );
@@ -610,6 +781,7 @@ impl ClusterState {
         contains_reset
     }
 
+    #[cfg(test)]
     pub fn compute_digest(&self, scheduled_for_deletion: &HashSet<&ChitchatId>) -> Digest {
         Digest {
             node_digests: self
@@ -619,6 +791,67 @@ impl ClusterState {
                 .map(|(chitchat_id, node_state)| (chitchat_id.clone(), node_state.digest()))
                 .collect(),
         }
+    }
+
+    /// The digest of the members not scheduled for deletion, in at most `budget` bytes
+    /// (chorus change 9, CHORUS.md). When they do not all fit, `self_chitchat_id` goes first
+    /// (its entry carries this node's heartbeat), then the live members, then the others;
+    /// within each group from a random place on, so that over several digests every member
+    /// gets its turn. An entry left out only costs the peer a delta it already has.
+    pub fn compute_digest_within(
+        &self,
+        self_chitchat_id: &ChitchatId,
+        live_nodes: &HashSet<&ChitchatId>,
+        scheduled_for_deletion: &HashSet<&ChitchatId>,
+        budget: usize,
+    ) -> Digest {
+        let entry_len = |chitchat_id: &ChitchatId| chitchat_id.serialized_len() + NODE_DIGEST_LEN;
+        let candidates: Vec<(&ChitchatId, &NodeState)> = self
+            .node_states
+            .iter()
+            .filter(|(chitchat_id, _)| !scheduled_for_deletion.contains(chitchat_id))
+            .collect();
+        let full_len = candidates
+            .iter()
+            .fold(DIGEST_COUNT_LEN, |len, (chitchat_id, _)| {
+                len.saturating_add(entry_len(chitchat_id))
+            });
+        if full_len <= budget && candidates.len() <= usize::from(u16::MAX) {
+            return Digest {
+                node_digests: candidates
+                    .into_iter()
+                    .map(|(chitchat_id, node_state)| (chitchat_id.clone(), node_state.digest()))
+                    .collect(),
+            };
+        }
+        let mut left = budget.saturating_sub(DIGEST_COUNT_LEN);
+        let mut node_digests = BTreeMap::new();
+        let mut take = |chitchat_id: &ChitchatId, node_state: &NodeState| {
+            let len = entry_len(chitchat_id);
+            if len <= left && node_digests.len() < usize::from(u16::MAX) {
+                left -= len;
+                node_digests.insert(chitchat_id.clone(), node_state.digest());
+            }
+        };
+        if let Some(self_state) = self.node_states.get(self_chitchat_id) {
+            take(self_chitchat_id, self_state);
+        }
+        let (live, others): (Vec<_>, Vec<_>) = candidates
+            .into_iter()
+            .filter(|(chitchat_id, _)| *chitchat_id != self_chitchat_id)
+            .partition(|(chitchat_id, _)| live_nodes.contains(chitchat_id));
+        // Not the seeded generator of tests: the rotation is the point.
+        let mut rng = rand::rng();
+        for group in [live, others] {
+            if group.is_empty() {
+                continue;
+            }
+            let start = rng.random_range(0..group.len());
+            for &(chitchat_id, node_state) in group[start..].iter().chain(&group[..start]) {
+                take(chitchat_id, node_state);
+            }
+        }
+        Digest { node_digests }
     }
 
     pub fn gc_keys_marked_for_deletion(&mut self, marked_for_deletion_grace_period: Duration) {
@@ -674,7 +907,7 @@ impl ClusterState {
         }
         let mut delta_serializer = DeltaSerializer::with_mtu(mtu);
 
-        for stale_node in stale_nodes.into_iter() {
+        'nodes: for stale_node in stale_nodes.into_iter() {
             if !delta_serializer.try_add_node(
                 stale_node.chitchat_id.clone(),
                 stale_node.node_state.last_gc_version,
@@ -686,7 +919,10 @@ impl ClusterState {
             let mut added_something = false;
             for (key, versioned_value) in stale_node.stale_key_values() {
                 if !delta_serializer.try_add_kv(key, versioned_value.clone()) {
-                    return delta_serializer.finish();
+                    // The rest of this node waits for the next delta. Other nodes may still
+                    // fit: a key-value too large for any delta (a peer may have sent one)
+                    // must hold up only its own node (chorus change 7, CHORUS.md).
+                    continue 'nodes;
                 }
                 added_something = true;
             }
@@ -875,6 +1111,7 @@ mod tests {
     use crate::MAX_UDP_DATAGRAM_PAYLOAD_SIZE;
     use crate::serialize::Serializable;
     use crate::types::{DeletionStatusMutation, KeyValueMutation};
+    use crate::unconfirmed::NewNodeAllowance;
 
     #[test]
     fn test_stale_node_iter_stale_key_values() {
@@ -1304,7 +1541,7 @@ mod tests {
         // We reset node 2
         delta.add_node(node2.clone(), 3, 0);
         delta.add_kv(&node2, "key_d", "4", 4, false);
-        cluster_state.apply_delta(delta);
+        cluster_state.apply_delta(delta, &mut NewNodeAllowance::per_message());
 
         let node1_state = cluster_state.node_state(&node1).unwrap();
         assert_eq!(
@@ -1625,6 +1862,159 @@ mod tests {
         assert_eq!(node_state.get("key_c").unwrap(), "val_c");
     }
 
+    fn recounted_bytes(node_state: &NodeState) -> usize {
+        node_state
+            .key_values
+            .iter()
+            .map(|(key, value)| key.len() + value.value.len())
+            .sum()
+    }
+
+    fn kv_delta(
+        node_state: &NodeState,
+        from: Version,
+        kvs: &[(&str, usize, Version, bool)],
+    ) -> NodeDelta {
+        NodeDelta {
+            chitchat_id: node_state.chitchat_id.clone(),
+            from_version_excluded: from,
+            last_gc_version: 0,
+            max_version: kvs.last().map_or(from, |kv| kv.2),
+            key_values: kvs
+                .iter()
+                .map(|&(key, value_len, version, deleted)| KeyValueMutation {
+                    key: key.to_string(),
+                    value: "v".repeat(value_len),
+                    version,
+                    status: if deleted {
+                        DeletionStatusMutation::Delete
+                    } else {
+                        DeletionStatusMutation::Set
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Deltas stop growing a node's state at `MAX_NODE_STATE_BYTES`: the keys that fit are
+    /// applied, the state stays at the version before the first that does not, and later
+    /// deltas cannot push it further.
+    #[test]
+    fn test_node_state_stops_growing_at_max_node_state_bytes() {
+        let mut node_state = NodeState::for_test();
+        let keys: Vec<String> = (0..400).map(|i| format!("k{i:03}")).collect();
+        let kvs: Vec<(&str, usize, Version, bool)> = keys
+            .iter()
+            .zip(1..)
+            .map(|(key, version)| (key.as_str(), 1_000, version, false))
+            .collect();
+        node_state.apply_delta(kv_delta(&node_state, 0, &kvs), Instant::now());
+        let applied = node_state.key_values.len();
+        assert!(applied < 400 && applied > 200, "{applied} keys");
+        assert_eq!(node_state.max_version(), applied as Version);
+        assert!(node_state.key_value_bytes <= MAX_NODE_STATE_BYTES);
+        assert!(node_state.key_value_bytes + 1_004 > MAX_NODE_STATE_BYTES);
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        // The next delta starts where the state stopped, and stops at the same key.
+        let rest = &kvs[applied..];
+        node_state.apply_delta(
+            kv_delta(&node_state, applied as Version, rest),
+            Instant::now(),
+        );
+        assert_eq!(node_state.key_values.len(), applied);
+        // Replacing a value by a smaller one, or deleting, fits.
+        let shrink = [(keys[0].as_str(), 10, applied as Version + 1, false)];
+        node_state.apply_delta(
+            kv_delta(&node_state, applied as Version, &shrink),
+            Instant::now(),
+        );
+        assert_eq!(node_state.get(&keys[0]).map(str::len), Some(10));
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+    }
+
+    #[tokio::test]
+    async fn test_node_state_bytes_follow_every_change() {
+        tokio::time::pause();
+        let mut node_state = NodeState::for_test();
+        node_state.set("a", "12345");
+        node_state.set("bb", "1");
+        node_state.set("a", "1");
+        node_state.set_with_ttl("c", "123");
+        node_state.delete("bb");
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        let from = node_state.max_version();
+        let delta = kv_delta(
+            &node_state,
+            from,
+            &[("d", 50, from + 1, false), ("a", 7, from + 2, true)],
+        );
+        node_state.apply_delta(delta, Instant::now());
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        node_state.remove_key_value_internal("d");
+        assert_eq!(node_state.key_value_bytes, recounted_bytes(&node_state));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        node_state.gc_keys_marked_for_deletion(Duration::from_secs(1));
+        assert_eq!(node_state.key_values.len(), 0);
+        assert_eq!(node_state.key_value_bytes, 0);
+    }
+
+    /// A node delta whose max version is below its keys' (the decoder refuses one; this
+    /// builds it directly) must not panic, and the state ends at its highest key.
+    #[test]
+    fn test_node_apply_delta_with_max_version_below_its_keys() {
+        for (from_version_excluded, last_gc_version) in [(0, 0), (0, 50)] {
+            let mut node_state = NodeState::for_test();
+            node_state.set_with_version("key_a", "val_a", 1);
+            node_state.set_last_gc_version(1);
+            let node_delta = NodeDelta {
+                chitchat_id: node_state.chitchat_id.clone(),
+                from_version_excluded,
+                last_gc_version,
+                max_version: 5,
+                key_values: vec![KeyValueMutation {
+                    key: "key_b".to_string(),
+                    value: "val_b".to_string(),
+                    version: 100,
+                    status: DeletionStatusMutation::Set,
+                }],
+            };
+            node_state.apply_delta(node_delta, Instant::now());
+            assert_eq!(node_state.max_version(), 100);
+            assert_eq!(node_state.get("key_b"), Some("val_b"));
+        }
+    }
+
+    /// A key-value too large for any delta (a peer may have sent it in a compressed stream)
+    /// holds up its own node only: the nodes after it in the delta's order still go out.
+    #[test]
+    fn test_a_key_value_too_large_for_any_delta_holds_up_only_its_node() {
+        let mut cluster_state = ClusterState::default();
+        let blocked = ChitchatId::for_local_test(10_001);
+        let other = ChitchatId::for_local_test(10_002);
+        // Unknown nodes go out lowest max version first: `blocked` comes first.
+        cluster_state
+            .node_state_mut_or_init(&blocked)
+            .set_with_version("k".repeat(usize::from(u16::MAX)), "v".repeat(200), 1);
+        let other_state = cluster_state.node_state_mut_or_init(&other);
+        other_state.set_with_version("a", "1", 1);
+        other_state.set_with_version("b", "2", 2);
+        let delta = cluster_state.compute_partial_delta_respecting_mtu(
+            &Digest::default(),
+            MAX_UDP_DATAGRAM_PAYLOAD_SIZE - 1,
+            &HashSet::new(),
+        );
+        let other_delta = delta.get(&other).expect("the other node is in the delta");
+        assert_eq!(other_delta.key_values.len(), 2);
+        assert_eq!(other_delta.max_version, 2);
+        if let Some(blocked_delta) = delta.get(&blocked) {
+            assert!(blocked_delta.key_values.is_empty());
+            assert_eq!(
+                blocked_delta.max_version, 0,
+                "no max version without its keys"
+            );
+        }
+    }
+
     // Here we check that the accessor that dismiss resetting a Kv to the same value is not
     // used in apply delta. Resetting to the same value is very possible in reality several updates
     // happened in a row but were shadowed by the scuttlebutt logic. We DO need to update the
@@ -1865,7 +2255,7 @@ mod tests {
         delta.add_node(node.clone(), 20, 0);
         delta.add_kv(&node, "key_b", "val_b", 18, false);
 
-        let contains_reset = cluster_state.apply_delta(delta);
+        let contains_reset = cluster_state.apply_delta(delta, &mut NewNodeAllowance::per_message());
         assert!(!contains_reset);
 
         let node_state_after = cluster_state.node_state(&node).unwrap();
