@@ -13,8 +13,11 @@
 //!   socket, `--socket` at a regular file, idle-connection floods on the metrics port and the
 //!   socket, vanishing `watch` clients (root only for the parts played by other uids).
 //! - `hostile_peer.rs`: attacks of issue 14 sent by a test peer speaking the real gossip wire
-//!   to real `chorus agent --transport udp` processes: one test per attack, shared helpers
-//!   to build messages, read a node's digest and check the membership.
+//!   to three real `chorus agent` processes, over UDP (`--transport udp`) and over QUIC as a
+//!   holder of the cluster key (the real hello; raw quinn where it lies): multi-byte keys,
+//!   fake-node floods, a hello claiming another node's id, a handshake flood with unfinished
+//!   streams. One test per attack, with its budget (traffic, RSS); shared helpers to build
+//!   messages, read a node's digest and check the membership.
 //! - `drain.rs`: drain and resume in-process: a draining node is never picked once its state
 //!   has spread (the spread time is measured), it stays drained across a restart; bad
 //!   `pick`/`drain` flags.

@@ -262,6 +262,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::api::fuzz_cases()))]
+
         /// Whatever bytes the state file holds, loading it never panics: it is a state or
         /// a one-line `Corrupt` error.
         #[test]

@@ -924,7 +924,8 @@ fn kill_9_never_loses_an_acknowledged_write() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // `CHORUS_FUZZ_CASES` cases, as every `fuzz_` harness (scripts/fuzz.sh runs them longer).
+    #![proptest_config(ProptestConfig { cases: crate::api::fuzz_cases(), ..ProptestConfig::default() })]
 
     /// Any bytes as the log file, with or without the magic in front: open returns an error or
     /// a state raft can start from, never a panic.
