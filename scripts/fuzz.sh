@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every `fuzz_` test of the workspace (the harnesses for each decoder an outsider can
 # reach, issue 14) for longer than CI does, optimised, and says which ran and how long each
-# package took. Exits non-zero if a harness fails or if none ran.
+# test binary took. Exits non-zero if a harness fails or if none ran.
 #
 #   scripts/fuzz.sh              # 20,000 cases per property
 #   scripts/fuzz.sh 100000       # a first argument sets the cases

@@ -446,15 +446,17 @@ const MAX_FLOODERS: usize = 1_200;
 
 /// How much the victim's resident memory may grow during the attack: what it may hold of
 /// the hogs' streams (a [`CONNECTION_FLOOR`] each and the [`SHARED_BUFFER_POOL`]), what
-/// quinn may hold unread for each connection ([`CONNECTION_RECEIVE_WINDOW`]), the state of
-/// [`MAX_PENDING_HANDSHAKES`] handshakes (a few KiB each), all twice over for the allocator,
-/// and 16 MiB for everything else a debug build moves meanwhile (a member restarting, the
-/// status queries). About 125 MiB; a reader without budget held 850 MB for twelve
-/// connections (issue 14 item 10).
+/// quinn may hold unread for each connection ([`CONNECTION_RECEIVE_WINDOW`]) and the state
+/// of [`MAX_PENDING_HANDSHAKES`] handshakes (64 KiB each, generously), half as much again for
+/// the allocator, and 16 MiB for everything else a debug build moves meanwhile (a member
+/// restarting, the status queries): about 90 MiB. Measured about 50 MiB; without the
+/// buffer budget the same attack grew the agent by 128 MiB (the streams' concurrency limit
+/// and deadline still bound it), and without the deadline too by 850 MB (issue 14 item 10).
 fn rss_allowance() -> u64 {
     let per_hog = CONNECTION_FLOOR + CONNECTION_RECEIVE_WINDOW as usize;
     let handshakes = MAX_PENDING_HANDSHAKES * 64 * 1024;
-    (2 * (HOGS * per_hog + SHARED_BUFFER_POOL + handshakes) + 16 * 1024 * 1024) as u64
+    let held = HOGS * per_hog + SHARED_BUFFER_POOL + handshakes;
+    (held + held / 2 + 16 * 1024 * 1024) as u64
 }
 
 /// Starts silent handshakes at `target` until `stop` is set or [`MAX_FLOODERS`]; every
