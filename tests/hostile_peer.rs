@@ -256,6 +256,8 @@ async fn quic_a_key_holder_claiming_another_node_id_is_refused_and_the_node_keep
     cluster.refused = vec!["rogue".to_string()];
     cluster.wait_membership_correct().await;
     cluster.hold_membership_correct(GOSSIP_INTERVAL * 10).await;
+    let rows: Vec<MemberRow> = query(&cluster.agents[0], "members").await.unwrap();
+    eprintln!("quic claim: n1 lists {rows:?}");
 }
 
 /// Issue 14 items 9 and 10 against one real agent at once: a flood of handshakes that start
