@@ -24,7 +24,10 @@
 //! | `chorus_net_identity_mismatches_total` | counter | peers whose hello claimed a node id their certificate does not name |
 //! | `chorus_net_streams_over_budget_total` | counter | incoming streams stopped: no buffer budget left |
 //! | `chorus_net_streams_timed_out_total` | counter | incoming streams stopped: not finished in time |
-//! | `chorus_net_buffered_bytes` | gauge | bytes held for incoming streams and for messages waiting for chitchat |
+//! | `chorus_net_buffered_bytes` | gauge | bytes held for incoming streams, for messages waiting for chitchat and for received Raft messages |
+//! | `chorus_net_raft_messages_sent_total`, `..._received_total` | counter | Raft messages sent, and received and queued for the consensus engine |
+//! | `chorus_net_raft_bytes_sent_total`, `..._received_total` | counter | Raft payload bytes |
+//! | `chorus_net_raft_dropped_total` | counter | Raft messages dropped: no socket, oversized, queue full, peer unreachable, inbox full |
 //! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
 //! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
 //! | `chorus_local_connections_refused_total{listener}` | counter | connections to the Unix socket (`socket`) or this endpoint (`metrics`) refused at their limit |
@@ -103,7 +106,7 @@ pub struct Metrics {
 }
 
 /// One counter per field of [`NetStats`] but the gauge `buffered_bytes`.
-const NET_COUNTERS: usize = 17;
+const NET_COUNTERS: usize = 22;
 
 /// The heartbeat-age gauge of each peer, held so that a refresh looks no label up, with the
 /// refresh that last set it.
@@ -135,6 +138,11 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
         streams_over_budget,
         streams_timed_out,
         buffered_bytes: _,
+        raft_messages_sent,
+        raft_messages_received,
+        raft_bytes_sent,
+        raft_bytes_received,
+        raft_dropped,
     } = *s;
     [
         ("net_bytes_sent", "Gossip payload bytes sent", bytes_sent),
@@ -213,6 +221,31 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
             "net_streams_timed_out",
             "Incoming streams stopped: not finished in time",
             streams_timed_out,
+        ),
+        (
+            "net_raft_messages_sent",
+            "Raft messages sent",
+            raft_messages_sent,
+        ),
+        (
+            "net_raft_messages_received",
+            "Raft messages received and queued for the consensus engine",
+            raft_messages_received,
+        ),
+        (
+            "net_raft_bytes_sent",
+            "Raft payload bytes sent",
+            raft_bytes_sent,
+        ),
+        (
+            "net_raft_bytes_received",
+            "Raft payload bytes received",
+            raft_bytes_received,
+        ),
+        (
+            "net_raft_dropped",
+            "Raft messages dropped: no socket, oversized, queue full, peer unreachable, inbox full",
+            raft_dropped,
         ),
     ]
 }
