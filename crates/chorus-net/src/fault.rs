@@ -15,8 +15,8 @@
 //!
 //! Decisions are made when a message is sent, from (sender's listen address,
 //! destination). Raft messages of the wrapped transport's
-//! [`PeerChannel`](crate::PeerChannel) (QUIC or UDP; chitchat's in-memory
-//! transport has none) go through the same decisions: a partition cuts Raft
+//! [`PeerChannel`](crate::PeerChannel) (QUIC, UDP or [`MemoryNet`](crate::MemoryNet);
+//! chitchat's bare in-memory transport has none) go through the same decisions: a partition cuts Raft
 //! as well as gossip, and a delayed Raft message is sent by a task of its own. A delayed message is delivered later even if a partition
 //! appears meanwhile. Delayed messages are handed to the inner socket by the
 //! wrapper's own `send`/`recv`, which chitchat calls continuously.

@@ -32,9 +32,11 @@
 //!   (`from_node` is `None`, anyone who can send a datagram can send Raft), and
 //!   a message over [`MAX_UDP_PAYLOAD`](crate::MAX_UDP_PAYLOAD) minus the
 //!   marker (a large snapshot) is dropped and counted: UDP is for experiments.
-//! - **Faults** ([`FaultyTransport`](crate::FaultyTransport)) over either:
-//!   Raft messages go through the same partitions, drops and delays as
-//!   gossip.
+//! - **In memory** ([`MemoryNet`](crate::MemoryNet), for in-process tests):
+//!   messages go straight to the channel of the node open at the address.
+//! - **Faults** ([`FaultyTransport`](crate::FaultyTransport)) over any of
+//!   these: Raft messages go through the same partitions, drops and delays
+//!   as gossip.
 
 use std::fmt;
 use std::net::SocketAddr;
