@@ -39,6 +39,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod publish;
+pub mod raftdisk;
 pub mod raftlog;
 pub mod server;
 pub mod socket_path;

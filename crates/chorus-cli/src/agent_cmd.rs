@@ -57,9 +57,14 @@ pub struct AgentArgs {
     /// created 0700]. Only a stale socket at the path is ever replaced.
     #[arg(long, env = "CHORUS_SOCKET")]
     socket: Option<PathBuf>,
-    /// Never count quorum against fewer than N members.
+    /// Start a new cluster only once N nodes (this one included) have found each other
+    /// [default: the number of distinct seeds, this node counted once]. Give more than half
+    /// of the nodes that start together; `--expect 1` lets a node start alone.
     #[arg(long, value_name = "N")]
     expect: Option<usize>,
+    /// At most N nodes vote in Raft (odd); the others follow [default: 5].
+    #[arg(long, value_name = "N")]
+    voters: Option<usize>,
     /// A tag k=v (repeatable), e.g. read_only=true.
     #[arg(long = "tag", value_name = "K=V")]
     tags: Vec<String>,
@@ -128,6 +133,7 @@ impl AgentArgs {
             data_dir: self.data_dir,
             socket: self.socket,
             expect: self.expect,
+            voters: self.voters,
             tags,
             gossip_interval: self.gossip_interval,
             log_format: self.log_format,

@@ -85,8 +85,24 @@ pub fn status_text(s: &StatusReport) -> String {
             .as_deref()
             .map_or("none".to_string(), |l| format!("{l} (epoch {})", n.epoch))
     );
+    let _ = writeln!(out, "raft:        {}", raft_text(&n.raft));
     let _ = writeln!(out, "uptime:      {}s", s.uptime_s);
     out
+}
+
+/// `follower of cluster 3f2a, term 4, commit 12, voters n1 n2 n3`.
+fn raft_text(r: &chorus_core::node::RaftStatus) -> String {
+    if r.cluster.is_empty() {
+        return format!("{} (not in a cluster yet)", r.role.as_str());
+    }
+    format!(
+        "{} of cluster {}, term {}, commit {}, voters {}",
+        r.role.as_str(),
+        r.cluster,
+        r.term,
+        r.commit,
+        r.voters.join(" ")
+    )
 }
 
 pub fn event_line(e: &WatchEvent) -> String {

@@ -26,7 +26,10 @@ fn config(id: &str, port: u16) -> NodeConfig {
         load: LoadPolicy::default(),
         split_window: Duration::from_secs(2),
         reap_after: Duration::from_secs(600),
-        lease: Duration::from_secs(2),
+        raft_id: u64::from(port) + 1000,
+        voters: 5,
+        raft_timing: RaftTiming::new(Duration::from_secs(600)),
+        seed: 1,
     }
 }
 
@@ -72,7 +75,13 @@ fn status_of(node: &Node, id: &str) -> Status {
 #[test]
 fn other_version_is_rejected_once_never_counted_and_not_in_the_roster() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     let snapshot = vec![
         obs("a", 1, 1, true, 1, "1.0", "active"),
         obs("b", 2, 1, true, 1, "1.0", "active"),
@@ -108,7 +117,13 @@ fn other_version_is_rejected_once_never_counted_and_not_in_the_roster() {
 #[test]
 fn refused_peer_is_listed_rejected_with_its_reason() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_refused_peer(t0, "evil", addr(7), "refused at hello: cluster name \"x\"");
     n.handle_gossip(t0, &[obs("a", 1, 1, true, 1, "1.0", "active")]);
     assert!(alerts(&drain(&mut n)).contains(&"version_rejected"));
@@ -118,7 +133,13 @@ fn refused_peer_is_listed_rejected_with_its_reason() {
 #[test]
 fn left_is_left_and_leaves_the_roster() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -143,7 +164,13 @@ fn left_is_left_and_leaves_the_roster() {
 #[test]
 fn restart_with_a_new_generation_is_a_join_and_the_old_one_is_ignored() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -166,7 +193,13 @@ fn restart_with_a_new_generation_is_a_join_and_the_old_one_is_ignored() {
 #[test]
 fn a_still_heartbeat_makes_a_live_node_suspect() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     let snap = [
         obs("a", 1, 1, true, 1, "1.0", "active"),
         obs("b", 2, 1, true, 7, "1.0", "active"),
@@ -181,7 +214,13 @@ fn a_still_heartbeat_makes_a_live_node_suspect() {
 #[test]
 fn forget_refuses_live_nodes_and_removes_dead_ones() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -189,10 +228,10 @@ fn forget_refuses_live_nodes_and_removes_dead_ones() {
             obs("b", 2, 1, true, 1, "1.0", "active"),
         ],
     );
-    assert_eq!(n.handle_forget("b"), Err(ForgetError::Up("b".into())));
-    assert_eq!(n.handle_forget("a"), Err(ForgetError::Itself));
+    assert_eq!(n.handle_forget(t0, "b"), Err(ForgetError::Up("b".into())));
+    assert_eq!(n.handle_forget(t0, "a"), Err(ForgetError::Itself));
     assert_eq!(
-        n.handle_forget("zz"),
+        n.handle_forget(t0, "zz"),
         Err(ForgetError::Unknown("zz".into()))
     );
     n.handle_gossip(
@@ -204,7 +243,7 @@ fn forget_refuses_live_nodes_and_removes_dead_ones() {
     );
     drain(&mut n);
     assert_eq!((n.quorum().up, n.quorum().counted), (1, 2));
-    assert_eq!(n.handle_forget("b"), Ok(()));
+    assert_eq!(n.handle_forget(t0, "b"), Ok(()));
     assert!(!n.roster().contains("b"));
     // Quorum follows the roster at once, not at the next gossip.
     assert_eq!((n.quorum().up, n.quorum().counted), (1, 1));
@@ -229,7 +268,13 @@ fn read_only_nodes_do_not_lead_when_a_task_needs_writes() {
 #[test]
 fn a_refusal_is_published_and_shown_by_the_others() {
     let t0 = Instant::now();
-    let mut refuser = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut refuser = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     refuser.handle_refused_peer(t0, "evil", addr(7), "refused at hello: app version \"9\"");
     let published: Vec<(String, String)> = drain(&mut refuser)
         .into_iter()
@@ -247,7 +292,13 @@ fn a_refusal_is_published_and_shown_by_the_others() {
         .chain(published)
         .collect();
     a.published = Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let mut other = Node::new(t0, config("b", 2), Roster::default(), NodeState::Active, 0);
+    let mut other = Node::new(
+        t0,
+        config("b", 2),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     other.handle_gossip(t0, &[a, obs("b", 2, 1, true, 1, "1.0", "active")]);
     assert!(alerts(&drain(&mut other)).contains(&"version_rejected"));
     let evil = other.members().find(|m| m.node_id == "evil").unwrap();
