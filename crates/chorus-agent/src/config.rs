@@ -370,7 +370,7 @@ impl Settings {
             None => DEFAULT_REAP_AFTER,
         };
         let voters = self.voters.unwrap_or(DEFAULT_VOTERS);
-        if voters % 2 == 0 || !(1..=MAX_VOTERS).contains(&voters) {
+        if voters.is_multiple_of(2) || !(1..=MAX_VOTERS).contains(&voters) {
             return Err(invalid(
                 "--voters",
                 format!("{voters}: expected an odd number from 1 to {MAX_VOTERS} (an even number tolerates no more failures than the odd one below it)"),
