@@ -1,0 +1,291 @@
+//! `chorus agent` as a service: systemd's notify protocol and `/health`, with real agent
+//! processes and a datagram socket standing in for systemd.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixDatagram};
+
+use crate::support::bin::{chorus_bin, KeyFile, KillOnDrop};
+use crate::support::{free_addr, wait_until, GOSSIP_INTERVAL, SLOW};
+
+/// A stand-in for systemd's notification socket: it records every datagram an agent sends.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+    /// Every line received so far, in order.
+    lines: Vec<String>,
+    _dir: TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind a datagram socket");
+        NotifySocket {
+            socket,
+            path,
+            lines: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Receives datagrams until a line satisfies `wanted`, and returns it; fails the test at
+    /// the deadline with every line seen.
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut buf = vec![0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await {
+                Ok(Ok(n)) => {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let mut found = None;
+                    for line in text.lines() {
+                        self.lines.push(line.to_string());
+                        if found.is_none() && wanted(line) {
+                            found = Some(line.to_string());
+                        }
+                    }
+                    if let Some(line) = found {
+                        return line;
+                    }
+                }
+                Ok(Err(e)) => panic!("reading the notify socket: {e}"),
+                Err(_) => panic!("no {what} within {within:?}; received {:?}", self.lines),
+            }
+        }
+    }
+
+    /// Lines received within `window`, without waiting for any in particular.
+    async fn received_within(&mut self, window: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                got.push(line.to_string());
+                self.lines.push(line.to_string());
+            }
+        }
+        got
+    }
+}
+
+/// `chorus agent` with the test gossip interval, `NOTIFY_SOCKET` at `notify`, and `env`.
+fn spawn_agent(
+    dir: &Path,
+    node_id: &str,
+    key: &KeyFile,
+    addr: SocketAddr,
+    seeds: &[SocketAddr],
+    notify: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> KillOnDrop {
+    let mut command = Command::new(chorus_bin());
+    command
+        .env_remove("CHORUS_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env("RUST_LOG", "info,chitchat=warn")
+        .env("NOTIFY_SOCKET", notify)
+        .envs(env.iter().copied())
+        .arg("agent")
+        .args(["--node-id", node_id, "--cluster", "svc"])
+        .args(["--listen", &addr.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join(format!("{node_id}-data")))
+        .arg("--socket")
+        .arg(dir.join(format!("{node_id}.sock")))
+        .args([
+            "--gossip-interval",
+            &format!("{}ms", GOSSIP_INTERVAL.as_millis()),
+        ])
+        .arg("--cluster-key")
+        .arg(&key.path)
+        .args(extra);
+    for seed in seeds {
+        command.args(["--seed", &seed.to_string()]);
+    }
+    KillOnDrop::spawn(node_id, command, dir.join(format!("{node_id}.log")))
+}
+
+/// `GET path` on `addr`: the status code and the body, or why there is none.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {answer:?}"))?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Ok((code, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_ready_reports_status_pings_the_watchdog_and_says_stopping() {
+    let key = KeyFile::keygen("svc");
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut notify = NotifySocket::bind();
+    let addr = free_addr();
+    let metrics = free_addr();
+    let metrics_arg = metrics.to_string();
+    let mut agent = spawn_agent(
+        dir.path(),
+        "solo",
+        &key,
+        addr,
+        &[addr],
+        &notify.path.clone(),
+        &[("WATCHDOG_USEC", "400000")],
+        &["--metrics-addr", &metrics_arg],
+    );
+
+    // Its only seed is itself: it is the first node, and must not hang in `activating`.
+    notify.wait_for("READY=1", SLOW, |l| l == "READY=1").await;
+    let status = notify
+        .lines
+        .iter()
+        .find(|l| l.starts_with("STATUS="))
+        .cloned()
+        .expect("STATUS= comes with or before READY=1");
+    assert!(status.contains("1/1 members alive"), "{status}");
+    // The log names the metrics address.
+    wait_until("the metrics address is logged", SLOW, || {
+        let log = agent.log();
+        async move {
+            if log.contains(&format!("http://{metrics}/health")) {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        }
+    })
+    .await;
+    let (code, body) = wait_until("/health answers 200", SLOW, || async {
+        match http_get(metrics, "/health").await {
+            Ok((200, body)) => Ok((200, body)),
+            Ok((code, body)) => Err(format!("{code} {body}")),
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    assert_eq!(code, 200);
+    let report: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(report["partition"], "majority", "{report}");
+
+    // WATCHDOG=1 at a quarter of WATCHDOG_USEC, while the loop turns.
+    for _ in 0..3 {
+        notify
+            .wait_for("WATCHDOG=1", Duration::from_secs(5), |l| l == "WATCHDOG=1")
+            .await;
+    }
+    // A stopped process pings nothing; it pings again once it runs.
+    agent.signal("STOP");
+    let _ = notify.received_within(Duration::from_millis(200)).await;
+    let while_stopped = notify.received_within(Duration::from_millis(800)).await;
+    assert!(
+        while_stopped.is_empty(),
+        "sent while stopped: {while_stopped:?}"
+    );
+    agent.signal("CONT");
+    notify
+        .wait_for("WATCHDOG=1 after SIGCONT", Duration::from_secs(5), |l| {
+            l == "WATCHDOG=1"
+        })
+        .await;
+
+    agent.signal("TERM");
+    notify
+        .wait_for("STOPPING=1", SLOW, |l| l == "STOPPING=1")
+        .await;
+    let exit = agent.wait_exit(SLOW).await;
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_seeds_are_others_is_ready_once_it_has_joined_one() {
+    let key = KeyFile::keygen("svc");
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let mut first_notify = NotifySocket::bind();
+    let mut second_notify = NotifySocket::bind();
+    let first_addr = free_addr();
+    let second_addr = free_addr();
+
+    let _second = spawn_agent(
+        dir.path(),
+        "second",
+        &key,
+        second_addr,
+        &[first_addr],
+        &second_notify.path.clone(),
+        &[],
+        &[],
+    );
+    // Alone, it reports its status but not ready: its only seed is not there yet.
+    let status = second_notify
+        .wait_for("STATUS=", SLOW, |l| l.starts_with("STATUS="))
+        .await;
+    assert!(status.contains("1/1 members alive"), "{status}");
+    let early = second_notify.received_within(GOSSIP_INTERVAL * 10).await;
+    assert!(
+        !early.iter().any(|l| l == "READY=1"),
+        "ready alone: {early:?}"
+    );
+
+    // `--expect 1`: the first node is ready on its own.
+    let _first = spawn_agent(
+        dir.path(),
+        "first",
+        &key,
+        first_addr,
+        &[second_addr],
+        &first_notify.path.clone(),
+        &[],
+        &["--expect", "1"],
+    );
+    first_notify
+        .wait_for("READY=1", SLOW, |l| l == "READY=1")
+        .await;
+    second_notify
+        .wait_for("READY=1", SLOW, |l| l == "READY=1")
+        .await;
+    let status = second_notify
+        .lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("STATUS="))
+        .cloned()
+        .unwrap_or_default();
+    assert!(status.starts_with("STATUS=2/"), "{status}");
+    // No WATCHDOG_USEC, no pings.
+    assert!(
+        !second_notify.lines.iter().any(|l| l == "WATCHDOG=1"),
+        "{:?}",
+        second_notify.lines
+    );
+}
