@@ -96,7 +96,7 @@ pub struct AgentArgs {
     /// Exit with code 3 when this node loses quorum, instead of running on as a minority.
     #[arg(long)]
     panic_exit: bool,
-    /// Serve Prometheus metrics on this address (GET /metrics).
+    /// Serve Prometheus metrics (GET /metrics) and health (GET /health) on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<String>,
     /// A task run on the leader only, once per period (repeatable), e.g.
