@@ -219,6 +219,26 @@ async fn a_single_node_is_ready_reports_status_pings_the_watchdog_and_says_stopp
         })
         .await;
 
+    // `systemctl reload` (ExecReload sends SIGHUP) must not end the agent.
+    agent.signal("HUP");
+    wait_until("SIGHUP is logged", SLOW, || {
+        let log = agent.log();
+        async move {
+            if log.contains("SIGHUP") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        }
+    })
+    .await;
+    notify
+        .wait_for("WATCHDOG=1 after SIGHUP", Duration::from_secs(5), |l| {
+            l == "WATCHDOG=1"
+        })
+        .await;
+    assert!(agent.exited().is_none(), "SIGHUP ended the agent");
+
     agent.signal("TERM");
     notify
         .wait_for("STOPPING=1", SLOW, |l| l == "STOPPING=1")
@@ -288,4 +308,37 @@ async fn a_node_whose_seeds_are_others_is_ready_once_it_has_joined_one() {
         "{:?}",
         second_notify.lines
     );
+}
+
+/// The packaged config (packaging/chorus.toml) parses as it ships, and with every commented
+/// setting uncommented: a renamed flag cannot leave a key there that the agent refuses.
+#[test]
+fn the_packaged_config_parses_with_every_setting_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/chorus.toml");
+    let shipped = std::fs::read_to_string(&path).expect("read packaging/chorus.toml");
+    chorus_agent::Settings::from_toml(&shipped).expect("the shipped config parses");
+    let mut uncommented = 0;
+    let all: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest == "[[task]]"
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '-' || c == '_')
+                    }) =>
+            {
+                uncommented += 1;
+                format!("{rest}\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    // Whichever PKI is commented in, both cannot be parsed as one file; the parser does not
+    // check that (validation does), so every key is seen here.
+    let settings = chorus_agent::Settings::from_toml(&all)
+        .unwrap_or_else(|e| panic!("uncommented config: {e}\n{all}"));
+    assert!(uncommented >= 25, "only {uncommented} settings uncommented");
+    assert_eq!(settings.tasks.len(), 1, "{all}");
+    assert_eq!(settings.tags.get("zone").map(String::as_str), Some("a"));
 }

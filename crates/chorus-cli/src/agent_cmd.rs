@@ -189,19 +189,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SIGTERM or SIGINT: a graceful stop.
+/// SIGTERM or SIGINT: a graceful stop. SIGHUP (the unit's `ExecReload`) is taken and logged
+/// rather than left to its default action, which would end the agent without a word.
 async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers the default action (exit) still stops the process.
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: leaving"),
-        _ = int.recv() => tracing::info!("SIGINT: leaving"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: leaving"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: leaving"); break; }
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: this agent does not reread its config at runtime yet; nothing changed (restart it to apply a new config)"
+            ),
+        }
     }
     Stop::Graceful
 }

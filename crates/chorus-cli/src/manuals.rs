@@ -54,6 +54,9 @@ pub fn man(out_dir: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
         None => {
             let mut out = Vec::new();
+            // As generate_to renders chorus.1, so both are the same page.
+            let mut cmd = cmd.disable_help_subcommand(true);
+            cmd.build();
             clap_mangen::Man::new(cmd)
                 .render(&mut out)
                 .context("cannot render the manual page")?;
