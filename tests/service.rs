@@ -342,3 +342,66 @@ fn the_packaged_config_parses_with_every_setting_uncommented() {
     assert_eq!(settings.tasks.len(), 1, "{all}");
     assert_eq!(settings.tags.get("zone").map(String::as_str), Some("a"));
 }
+
+/// `chorus watch` as a supervisor or a script sees it: lines that start with a readable time,
+/// and, when its agent stops, one line on stderr and a failure exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_shows_readable_times_and_fails_in_one_line_when_its_agent_stops() {
+    use crate::support::bin::ProcAgent;
+    use tokio::io::AsyncBufReadExt;
+
+    let key = KeyFile::keygen("svc-watch");
+    let mut n1 = ProcAgent::spawn("n1", "svc-watch", &key, &[], &[]);
+    wait_until("n1 serves its socket", SLOW, || async {
+        let out = crate::support::bin::chorus(&["status", "--socket", n1.socket_arg()]).await;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(crate::support::bin::describe(&out))
+        }
+    })
+    .await;
+    let mut watch = tokio::process::Command::new(chorus_bin())
+        .args(["watch", "--socket", n1.socket_arg()])
+        .env_remove("CHORUS_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chorus watch");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+
+    // n2 joins once the watch runs: its line proves the watch is connected.
+    let _n2 = ProcAgent::spawn("n2", "svc-watch", &key, &[n1.addr], &[]);
+    let joined = tokio::time::timeout(SLOW, async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) if line.contains("alert=node_joined") => break line,
+                Ok(Some(_)) => {}
+                other => panic!("watch ended early: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a node_joined line within the deadline");
+    // 2026-01-31T12:00:00.123Z alert=node_joined node n2 joined ...
+    let time = joined.split_whitespace().next().unwrap_or_default();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes().get(10) == Some(&b'T'),
+        "not an RFC 3339 UTC time: {joined}"
+    );
+
+    n1.stop(SLOW).await;
+    let out = tokio::time::timeout(SLOW, watch.wait_with_output())
+        .await
+        .expect("watch exits once its agent stops")
+        .expect("wait for chorus watch");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("chorus: the agent at ") && stderr.contains("stopped"),
+        "{stderr}"
+    );
+}
