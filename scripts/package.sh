@@ -40,5 +40,10 @@ mkdir -p "$generated/completions"
 "$bin" completions zsh >"$generated/completions/_chorus"
 "$bin" completions fish >"$generated/completions/chorus.fish"
 
-# --no-build: the binary above is the one packaged; cargo-deb strips what debuginfo is left.
-cargo deb -p chorus-cli --no-build --profile "$profile" --strip "$@"
+# --no-build: the binary above is the one packaged. The dist profile has no debuginfo and keeps
+# its symbols (a panic's backtrace names functions); a dev build is stripped to stay small.
+strip=--no-strip
+if [ "$profile" = dev ]; then
+    strip=--strip
+fi
+cargo deb -p chorus-cli --no-build --profile "$profile" "$strip" "$@"

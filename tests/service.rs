@@ -81,43 +81,58 @@ impl NotifySocket {
     }
 }
 
-/// `chorus agent` with the test gossip interval, `NOTIFY_SOCKET` at `notify`, and `env`.
-fn spawn_agent(
-    dir: &Path,
-    node_id: &str,
-    key: &KeyFile,
-    addr: SocketAddr,
-    seeds: &[SocketAddr],
-    notify: &Path,
-    env: &[(&str, &str)],
-    extra: &[&str],
-) -> KillOnDrop {
-    let mut command = Command::new(chorus_bin());
-    command
-        .env_remove("CHORUS_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env("RUST_LOG", "info,chitchat=warn")
-        .env("NOTIFY_SOCKET", notify)
-        .envs(env.iter().copied())
-        .arg("agent")
-        .args(["--node-id", node_id, "--cluster", "svc"])
-        .args(["--listen", &addr.to_string()])
-        .arg("--data-dir")
-        .arg(dir.join(format!("{node_id}-data")))
-        .arg("--socket")
-        .arg(dir.join(format!("{node_id}.sock")))
-        .args([
-            "--gossip-interval",
-            &format!("{}ms", GOSSIP_INTERVAL.as_millis()),
-        ])
-        .arg("--cluster-key")
-        .arg(&key.path)
-        .args(extra);
-    for seed in seeds {
-        command.args(["--seed", &seed.to_string()]);
+/// A temporary directory for agents' data dirs, sockets and logs, and their cluster key.
+struct Lab {
+    dir: TempDir,
+    key: KeyFile,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+            key: KeyFile::keygen("svc"),
+        }
     }
-    KillOnDrop::spawn(node_id, command, dir.join(format!("{node_id}.log")))
+
+    /// `chorus agent` with the test gossip interval, `NOTIFY_SOCKET` at `notify`, and `env`.
+    fn spawn(
+        &self,
+        node_id: &str,
+        addr: SocketAddr,
+        seeds: &[SocketAddr],
+        notify: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> KillOnDrop {
+        let (dir, key) = (self.dir.path(), &self.key);
+        let mut command = Command::new(chorus_bin());
+        command
+            .env_remove("CHORUS_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env("RUST_LOG", "info,chitchat=warn")
+            .env("NOTIFY_SOCKET", notify)
+            .envs(env.iter().copied())
+            .arg("agent")
+            .args(["--node-id", node_id, "--cluster", "svc"])
+            .args(["--listen", &addr.to_string()])
+            .arg("--data-dir")
+            .arg(dir.join(format!("{node_id}-data")))
+            .arg("--socket")
+            .arg(dir.join(format!("{node_id}.sock")))
+            .args([
+                "--gossip-interval",
+                &format!("{}ms", GOSSIP_INTERVAL.as_millis()),
+            ])
+            .arg("--cluster-key")
+            .arg(&key.path)
+            .args(extra);
+        for seed in seeds {
+            command.args(["--seed", &seed.to_string()]);
+        }
+        KillOnDrop::spawn(node_id, command, dir.join(format!("{node_id}.log")))
+    }
 }
 
 /// `GET path` on `addr`: the status code and the body, or why there is none.
@@ -148,16 +163,13 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_is_ready_reports_status_pings_the_watchdog_and_says_stopping() {
-    let key = KeyFile::keygen("svc");
-    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let lab = Lab::new();
     let mut notify = NotifySocket::bind();
     let addr = free_addr();
     let metrics = free_addr();
     let metrics_arg = metrics.to_string();
-    let mut agent = spawn_agent(
-        dir.path(),
+    let mut agent = lab.spawn(
         "solo",
-        &key,
         addr,
         &[addr],
         &notify.path.clone(),
@@ -249,17 +261,14 @@ async fn a_single_node_is_ready_reports_status_pings_the_watchdog_and_says_stopp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_seeds_are_others_is_ready_once_it_has_joined_one() {
-    let key = KeyFile::keygen("svc");
-    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let lab = Lab::new();
     let mut first_notify = NotifySocket::bind();
     let mut second_notify = NotifySocket::bind();
     let first_addr = free_addr();
     let second_addr = free_addr();
 
-    let _second = spawn_agent(
-        dir.path(),
+    let _second = lab.spawn(
         "second",
-        &key,
         second_addr,
         &[first_addr],
         &second_notify.path.clone(),
@@ -278,10 +287,8 @@ async fn a_node_whose_seeds_are_others_is_ready_once_it_has_joined_one() {
     );
 
     // `--expect 1`: the first node is ready on its own.
-    let _first = spawn_agent(
-        dir.path(),
+    let _first = lab.spawn(
         "first",
-        &key,
         first_addr,
         &[second_addr],
         &first_notify.path.clone(),
