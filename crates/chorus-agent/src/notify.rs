@@ -3,9 +3,10 @@
 //! With `NOTIFY_SOCKET` set the agent sends:
 //! - `READY=1` once its socket serves and it has either joined a peer (another member is
 //!   alive) or found that it is the first node: it has no seed but itself, or `--expect 1`,
-//!   or it is one of its own seeds and no other seed answered within [`FIRST_NODE_WAIT_ROUNDS`]
-//!   gossip rounds. A single-node install never hangs in `activating`; a node whose seeds are
-//!   all others waits for one of them (systemd's `TimeoutStartSec` bounds that wait).
+//!   or it is one of its own seeds (or a seed is a host name it cannot tell is its own) and no
+//!   other seed answered within [`FIRST_NODE_WAIT_ROUNDS`] gossip rounds. A single-node install
+//!   never hangs in `activating`; a node whose seeds are all other addresses waits for one of
+//!   them (systemd's `TimeoutStartSec` bounds that wait).
 //! - `STATUS=` with members alive / roster, the side when not the majority, and the leader,
 //!   sent again whenever that text changes.
 //! - `WATCHDOG=1` when `WATCHDOG_USEC` is set (and `WATCHDOG_PID`, if set, is this process),
@@ -53,19 +54,35 @@ pub enum FirstNode {
 }
 
 impl FirstNode {
-    /// From the seeds (as given), the addresses that are this node's own, and `--expect`.
+    /// From the seeds (as given), this node's own addresses and names (node id, host name;
+    /// `localhost` always), and `--expect`. No name is resolved: a host-name seed that is not
+    /// one of the own names may or may not be this node, so it waits as an own seed does.
     pub fn judge(
         seeds: &[String],
         own: &[SocketAddr],
+        own_names: &[String],
         expect: usize,
         gossip_interval: Duration,
     ) -> FirstNode {
-        let is_own = |seed: &String| {
-            own.iter().any(|a| a.to_string() == *seed)
-                || seed.parse::<SocketAddr>().is_ok_and(|s| own.contains(&s))
-        };
-        let others = seeds.iter().filter(|s| !is_own(s)).count();
-        if expect == 1 || others == 0 {
+        let (mut others, mut unsure) = (0, 0);
+        for seed in seeds {
+            match seed.parse::<SocketAddr>() {
+                Ok(addr) if own.contains(&addr) => {}
+                Ok(_) => others += 1,
+                Err(_) => {
+                    let own_name = seed.rsplit_once(':').is_some_and(|(host, port)| {
+                        let port = port.parse::<u16>().ok();
+                        own.iter().any(|a| Some(a.port()) == port)
+                            && (host.eq_ignore_ascii_case("localhost")
+                                || own_names.iter().any(|n| n.eq_ignore_ascii_case(host)))
+                    });
+                    if !own_name {
+                        unsure += 1;
+                    }
+                }
+            }
+        }
+        if expect == 1 || others + unsure == 0 {
             FirstNode::Alone
         } else if others < seeds.len() {
             FirstNode::AfterWaiting(gossip_interval.saturating_mul(FIRST_NODE_WAIT_ROUNDS))
@@ -84,9 +101,14 @@ impl Notifier {
             std::env::var("WATCHDOG_PID").ok().as_deref(),
             std::process::id(),
         );
+        let mut own_names = vec![config.node_id.clone()];
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            own_names.push(host.trim().to_string());
+        }
         let first = FirstNode::judge(
             &config.seeds,
             &[advertise, config.listen],
+            &own_names,
             config.expect,
             config.gossip_interval,
         );
@@ -225,18 +247,27 @@ mod tests {
         let own: SocketAddr = "10.0.0.1:7946".parse().unwrap();
         let listen: SocketAddr = "0.0.0.0:7946".parse().unwrap();
         let round = Duration::from_millis(400);
+        let names = ["web1".to_string(), "web1.example.com".to_string()];
         let judge = |seeds: &[&str], expect| {
             let seeds: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
-            FirstNode::judge(&seeds, &[own, listen], expect, round)
+            FirstNode::judge(&seeds, &[own, listen], &names, expect, round)
         };
+        let waits = FirstNode::AfterWaiting(round * FIRST_NODE_WAIT_ROUNDS);
         assert_eq!(judge(&[], 0), FirstNode::Alone);
         assert_eq!(judge(&["10.0.0.1:7946"], 0), FirstNode::Alone);
-        assert_eq!(judge(&["10.0.0.2:7946"], 1), FirstNode::Alone);
         assert_eq!(
-            judge(&["10.0.0.1:7946", "10.0.0.2:7946"], 3),
-            FirstNode::AfterWaiting(round * FIRST_NODE_WAIT_ROUNDS)
+            judge(&["WEB1.example.com:7946", "localhost:7946"], 0),
+            FirstNode::Alone
         );
-        assert_eq!(judge(&["10.0.0.2:7946", "web3:7946"], 0), FirstNode::Never);
+        assert_eq!(judge(&["10.0.0.2:7946"], 1), FirstNode::Alone);
+        assert_eq!(judge(&["10.0.0.1:7946", "10.0.0.2:7946"], 3), waits);
+        // A name that may be this node (or not) waits; so does an own name on another port.
+        assert_eq!(judge(&["10.0.0.2:7946", "web3:7946"], 0), waits);
+        assert_eq!(judge(&["web1:7000", "10.0.0.2:7946"], 0), waits);
+        assert_eq!(
+            judge(&["10.0.0.2:7946", "10.0.0.3:7946"], 0),
+            FirstNode::Never
+        );
     }
 
     #[test]
