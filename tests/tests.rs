@@ -30,6 +30,10 @@
 //!   follow a crash.
 //! - `rolling.rs`: `scripts/rolling-restart.sh` over three real agents while `pick` is asked
 //!   every 50 ms: it never returns the node being restarted.
+//! - `service.rs`: `chorus agent` as a systemd service, with real processes and a datagram
+//!   socket for systemd: `READY=1` (alone, or once it has joined a peer), `STATUS=`,
+//!   `WATCHDOG=1` only while the process runs, `STOPPING=1`; `/health` and the logged
+//!   metrics address.
 //! - `partition.rs`: split-brain and leadership on a fault-injecting in-process network
 //!   (partitions, crashes, restarts, message loss), on tokio's paused clock: quorum and
 //!   split-brain alerts, and a seeded leader checker (`CHORUS_SEED` replays one schedule).
@@ -70,5 +74,6 @@ mod partition;
 mod process;
 mod quic;
 mod rolling;
+mod service;
 mod task_guard;
 mod task_lease;

@@ -279,6 +279,8 @@ pub async fn run(
         generation = agent.persisted.generation, fingerprint = %fingerprint.digest,
         socket = %config.socket.display(), "chorus agent started"
     );
+    // The socket serves from here on: what is left before READY=1 is a peer (crate::notify).
+    let mut notifier = crate::notify::Notifier::from_env(&config, advertise, started);
 
     let tick_every =
         (config.gossip_interval / 2).clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -307,6 +309,7 @@ pub async fn run(
                 if agent.panicked {
                     break Err(AgentError::Panic);
                 }
+                notifier.turned(now, &agent.view.read().status.node);
             }
             _ = tokio::time::sleep_until(agent.node.poll_timeout().into()) => {
                 agent.node.handle_timeout(now());
@@ -376,6 +379,7 @@ pub async fn run(
         agent.chitchat.abort();
         return Ok(exit);
     }
+    notifier.stopping();
     agent.leave(config.gossip_interval).await;
     agent.tasks.stop_and_wait().await;
     if let Some((reply, written)) = reply {

@@ -101,7 +101,7 @@ pub struct AgentArgs {
     /// Exit with code 3 when this node loses quorum, instead of running on as a minority.
     #[arg(long)]
     panic_exit: bool,
-    /// Serve Prometheus metrics on this address (GET /metrics).
+    /// Serve Prometheus metrics (GET /metrics) and health (GET /health) on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<String>,
     /// A task run on the leader only, once per period (repeatable), e.g.
@@ -195,19 +195,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SIGTERM or SIGINT: a graceful stop.
+/// SIGTERM or SIGINT: a graceful stop. SIGHUP (the unit's `ExecReload`) is taken and logged
+/// rather than left to its default action, which would end the agent without a word.
 async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers the default action (exit) still stops the process.
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: leaving"),
-        _ = int.recv() => tracing::info!("SIGINT: leaving"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: leaving"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: leaving"); break; }
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: this agent does not reread its config at runtime yet; nothing changed (restart it to apply a new config)"
+            ),
+        }
     }
     Stop::Graceful
 }
