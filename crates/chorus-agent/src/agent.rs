@@ -471,11 +471,11 @@ impl Running {
                     self.persisted.roster = entries;
                     let _ = self.persist("roster");
                 }
-                Effect::RaftPersist(w) => {
-                    if let Err(e) = self.raft_store.write(&w) {
-                        self.node.handle_raft_persist_failed(&e.to_string());
-                    }
-                }
+                Effect::RaftPersist(w) => match self.raft_store.write(&w) {
+                    Ok(()) if !w.is_empty() => self.node.handle_persist_ok(),
+                    Ok(()) => {}
+                    Err(e) => self.node.handle_raft_persist_failed(&e.to_string()),
+                },
                 Effect::RaftSend { addr, bytes, .. } => {
                     if let Some(channel) = &self.peer_channel {
                         channel.send(addr, bytes);

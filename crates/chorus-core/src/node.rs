@@ -456,6 +456,15 @@ impl Node {
                 },
                 Output::LeaseRenewed { until } => Effect::LeaseRenewed { until },
                 Output::LeaseLost { term } => Effect::LeadershipLost { epoch: term },
+                // A data dir that refuses writes is one alert per run of failures, whichever
+                // file it refused.
+                Output::Alert(Alert::PersistFailed { what, error }) => {
+                    if self.persist_failing {
+                        continue;
+                    }
+                    self.persist_failing = true;
+                    Effect::Alert(Alert::PersistFailed { what, error })
+                }
                 Output::Alert(a) => Effect::Alert(a),
             });
         }

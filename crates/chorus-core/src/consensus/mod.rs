@@ -1072,12 +1072,51 @@ impl Consensus {
                 },
             })
             .collect();
+        // Every healthy node follows as a learner first: it learns the voters and the leader
+        // from Raft, and only a learner that keeps up (Raft heard from it lately and it holds
+        // the log up to the commit index) is made a voter, never one that can send but not
+        // receive.
+        let joiner = self
+            .peers
+            .values()
+            .filter(|p| p.up && p.compatible)
+            .filter(|p| p.cluster_id == 0 || p.cluster_id == self.state.cluster_id)
+            .filter(|p| !self.removals.contains(&p.raft_id))
+            .find(|p| !conf.voters.contains(&p.raft_id) && !conf.learners.contains(&p.raft_id))
+            .map(|p| {
+                (
+                    p.raft_id,
+                    MemberInfo {
+                        node_id: p.node_id.clone(),
+                        addr: p.addr,
+                    },
+                )
+            });
+        if let Some((id, info)) = joiner {
+            return self.propose_change(ConfChangeType::AddLearnerNode, id, Some(&info));
+        }
+        let dead_learner = conf.learners.iter().copied().find(|id| {
+            self.down_since
+                .get(id)
+                .is_some_and(|d| now.saturating_duration_since(*d) >= self.cfg.timing.replace_after)
+        });
+        if let Some(id) = dead_learner {
+            return self.propose_change(ConfChangeType::RemoveNode, id, None);
+        }
+        let committed = raw.raft.raft_log.committed;
+        let keeps_up = |id: u64| {
+            raw.raft
+                .prs()
+                .get(id)
+                .is_some_and(|pr| pr.recent_active && pr.matched >= committed)
+        };
         let candidates: Vec<Candidate> = self
             .peers
             .values()
             .filter(|p| p.up && p.compatible && p.active)
-            .filter(|p| p.cluster_id == 0 || p.cluster_id == self.state.cluster_id)
+            .filter(|p| p.cluster_id == self.state.cluster_id)
             .filter(|p| !self.removals.contains(&p.raft_id))
+            .filter(|p| conf.learners.contains(&p.raft_id) && keeps_up(p.raft_id))
             .filter_map(|p| {
                 Some(Candidate {
                     raft_id: p.raft_id,
