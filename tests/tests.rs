@@ -30,6 +30,10 @@
 //!   follow a crash.
 //! - `rolling.rs`: `scripts/rolling-restart.sh` over three real agents while `pick` is asked
 //!   every 50 ms: it never returns the node being restarted.
+//! - `safety.rs`: issue 15's misconfigurations with real processes: a second agent with a
+//!   live node id (refused, exit 5, the live node untouched, restarts still rejoin), a member
+//!   upgraded in place (`rejected` and alerted on both sides under `exact`; a minor bump
+//!   accepted under `app-major`), and the smaller traps of the same walk.
 //! - `partition.rs`: split-brain and leadership on a fault-injecting in-process network
 //!   (partitions, crashes, restarts, message loss), on tokio's paused clock: quorum and
 //!   split-brain alerts, and a seeded leader checker (`CHORUS_SEED` replays one schedule).
@@ -70,5 +74,6 @@ mod partition;
 mod process;
 mod quic;
 mod rolling;
+mod safety;
 mod task_guard;
 mod task_lease;

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use chitchat::transport::Transport;
 use chorus_core::fingerprint::{CompatPolicy, Fingerprint};
+use chorus_core::identity::Holders;
 use chorus_net::{
     ClusterCa, CountingUdpTransport, Hello, HelloTemplate, NetCounters, NodeIdentity, QuicConfig,
     QuicTransport, RejectedPeer, TlsMode,
 };
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, Security, TransportKind};
@@ -95,10 +97,13 @@ fn tls_mode(config: &AgentConfig) -> Result<TlsMode, TransportError> {
     }
 }
 
+/// `holders` is where each live node id is held, kept current by the agent loop: a hello
+/// claiming one of them from another address is refused as a node-id conflict.
 pub fn build(
     config: &AgentConfig,
     advertise: SocketAddr,
     fingerprint: &Fingerprint,
+    holders: Arc<RwLock<Holders>>,
 ) -> Result<BuiltTransport, TransportError> {
     let counters = NetCounters::new();
     let (tx, refusals) = mpsc::channel(REFUSAL_QUEUE);
@@ -125,6 +130,7 @@ pub fn build(
             );
             let quic = QuicConfig::new(tls, hello)
                 .with_policy(policy)
+                .with_claim_check(move |peer, at| holders.read().check_claim(&peer.node_id, at))
                 .with_reject_observer(move |peer| {
                     let _ = tx.try_send(peer);
                 })

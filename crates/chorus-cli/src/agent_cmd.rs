@@ -15,6 +15,9 @@ pub const USAGE_EXIT_CODE: u8 = 2;
 /// Exit code of an agent whose gossip loop ended twice within a minute: restarting it at once
 /// would not help (a supervisor should wait, then start it again).
 pub const GOSSIP_EXIT_CODE: u8 = 4;
+/// Exit code of an agent refused because a live agent holds its node id: restarting it with
+/// the same id cannot help while the other lives (`RestartPreventExitStatus=5` under systemd).
+pub const NODE_ID_CONFLICT_EXIT_CODE: u8 = 5;
 use clap::Args;
 
 /// Agent flags; each may also be set in the `--config` TOML file under the same name
@@ -181,6 +184,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Err(e @ AgentError::GossipDied(_)) => {
             eprintln!("chorus: {e}");
             return Ok(ExitCode::from(GOSSIP_EXIT_CODE));
+        }
+        Err(e @ AgentError::NodeIdConflict { .. }) => {
+            eprintln!("chorus: {e}");
+            return Ok(ExitCode::from(NODE_ID_CONFLICT_EXIT_CODE));
         }
         other => other.context("agent failed")?,
     };

@@ -582,9 +582,11 @@ mod tests {
         now: Instant,
     ) -> MemberView {
         let fp = fp();
+        let self_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + me as u16));
         let me = id(me);
         let ctx = ViewContext {
             self_id: &me,
+            self_addr,
             fingerprint: &fp,
             policy: CompatPolicy::Exact,
             suspect_after: Duration::from_secs(60),
@@ -792,6 +794,7 @@ mod tests {
             let me = id(0);
             let ctx = ViewContext {
                 self_id: &me,
+                self_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7000)),
                 fingerprint: &fp,
                 policy: CompatPolicy::Exact,
                 suspect_after: Duration::from_secs(60),

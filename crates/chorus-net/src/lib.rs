@@ -32,8 +32,8 @@ pub mod wire;
 pub use counters::{NetCounters, NetStats};
 pub use fault::{FaultController, FaultStats, FaultyTransport};
 pub use quic::{
-    default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig, QuicTransport,
-    QuicTuning, RejectObserver, RejectedPeer, PROTOCOL_VERSION,
+    default_policy, ClaimCheck, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig,
+    QuicTransport, QuicTuning, RefusalKind, RejectObserver, RejectedPeer, PROTOCOL_VERSION,
 };
 pub use tls::{CertificateNames, ClusterCa, NodeIdentity, TlsError, TlsMode};
 pub use udp::{CountingUdpTransport, MAX_UDP_PAYLOAD};

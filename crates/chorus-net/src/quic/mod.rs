@@ -96,8 +96,8 @@ pub use budget::{
     CONNECTION_FLOOR, MAX_BUFFERED_BYTES, MAX_BUFFERED_PER_CONNECTION, SHARED_BUFFER_POOL,
 };
 pub use hello::{
-    default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, RejectObserver, RejectedPeer,
-    MAX_HELLO_SIZE, MAX_REASON_LEN, PROTOCOL_VERSION,
+    default_policy, ClaimCheck, Hello, HelloError, HelloPolicy, HelloTemplate, RefusalKind,
+    RejectObserver, RejectedPeer, MAX_HELLO_SIZE, MAX_REASON_LEN, PROTOCOL_VERSION,
 };
 pub use links::MAX_CONNECTIONS_PER_PEER;
 
@@ -157,6 +157,9 @@ pub const CLOSE_IDENTITY_MISMATCH: u32 = 0x4348_0003;
 pub const CLOSE_BUSY: u32 = 0x4348_0004;
 /// Application close code: the peer opened a newer connection in the same role.
 pub const CLOSE_SUPERSEDED: u32 = 0x4348_0005;
+/// Application close code: another live agent holds the node id of the
+/// hello; the close reason names the address it is alive at.
+pub const CLOSE_NODE_ID_CONFLICT: u32 = 0x4348_0006;
 /// Stream stop code: envelope over [`MAX_MESSAGE_SIZE`].
 pub const STOP_TOO_LARGE: u32 = 0x4348_0010;
 /// Stream stop code: no buffer budget left for the stream.
@@ -239,6 +242,9 @@ pub struct QuicConfig {
     pub policy: HelloPolicy,
     /// Told about refusals, both ways; defaults to doing nothing.
     pub on_reject: RejectObserver,
+    /// Refuses a hello claiming a node id another live agent holds; none
+    /// by default.
+    pub claim_check: Option<ClaimCheck>,
     /// Where traffic is counted.
     pub counters: NetCounters,
     /// Timeouts and backoffs.
@@ -265,6 +271,7 @@ impl QuicConfig {
             hello,
             advertise_addr: None,
             on_reject: Arc::new(|_| {}),
+            claim_check: None,
             counters: NetCounters::new(),
             tuning: QuicTuning::default(),
         }
@@ -276,6 +283,15 @@ impl QuicConfig {
         policy: impl Fn(&Hello) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Sets the node-id claim check.
+    pub fn with_claim_check(
+        mut self,
+        check: impl Fn(&Hello, SocketAddr) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.claim_check = Some(Arc::new(check));
         self
     }
 

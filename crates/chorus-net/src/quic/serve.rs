@@ -16,12 +16,10 @@ use tokio::time::{timeout, Instant};
 use tracing::debug;
 
 use super::budget::{ConnectionBudget, Reservation};
+use super::handshake::refusal_kind;
 use super::hello::{Hello, RejectedPeer};
 use super::shared::{Arrival, Shared};
-use super::{
-    CLOSE_HELLO_REJECTED, CLOSE_IDENTITY_MISMATCH, MAX_MESSAGE_SIZE, STOP_OVER_BUDGET,
-    STOP_TIMED_OUT, STOP_TOO_LARGE,
-};
+use super::{MAX_MESSAGE_SIZE, STOP_OVER_BUDGET, STOP_TIMED_OUT, STOP_TOO_LARGE};
 use crate::wire;
 
 /// Most bytes taken from quinn per read: what a stream may hold unbudgeted
@@ -86,20 +84,19 @@ pub(crate) async fn serve_connection(
 /// A refusal by the peer after the hello (its policy ran late) goes through
 /// the rejection path; any other close is routine.
 fn report_close(shared: &Shared, addr: SocketAddr, peer: &Hello, err: &ConnectionError) {
-    match err {
-        ConnectionError::ApplicationClosed(close)
-            if close.error_code == VarInt::from_u32(CLOSE_HELLO_REJECTED)
-                || close.error_code == VarInt::from_u32(CLOSE_IDENTITY_MISMATCH) =>
-        {
+    if let ConnectionError::ApplicationClosed(close) = err {
+        if let Some(kind) = refusal_kind(close.error_code) {
             shared.report_refusal(RejectedPeer {
                 node_id: peer.node_id.clone(),
                 addr,
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
                 by_us: false,
+                kind,
             });
+            return;
         }
-        _ => debug!(peer=%addr, node_id=%peer.node_id, error=%err, "connection closed"),
     }
+    debug!(peer=%addr, node_id=%peer.node_id, error=%err, "connection closed");
 }
 
 /// Reads one stream and hands it to its kind's handler. A stream that is

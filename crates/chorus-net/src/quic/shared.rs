@@ -14,10 +14,10 @@ use tracing::{debug, warn};
 
 use super::admission::Admission;
 use super::budget::{BufferPool, Reservation};
-use super::hello::{Hello, HelloPolicy, RejectObserver, RejectedPeer};
+use super::hello::{ClaimCheck, Hello, HelloPolicy, RejectObserver, RejectedPeer};
 use super::links::{Links, Refusal, Role};
 use super::serve::serve_connection;
-use super::{QuicTuning, CLOSE_BUSY, CLOSE_SUPERSEDED};
+use super::{QuicConfig, QuicTuning, CLOSE_BUSY, CLOSE_SUPERSEDED};
 use crate::counters::NetCounters;
 
 /// A decoded message waiting for chitchat, with when it was fully received.
@@ -56,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) tuning: QuicTuning,
     pub(crate) policy: HelloPolicy,
     on_reject: RejectObserver,
+    pub(crate) claim_check: Option<ClaimCheck>,
     /// Our hello, encoded once.
     pub(crate) local_hello: Vec<u8>,
     /// Whether peers' hellos are checked against their certificates (mutual
@@ -77,23 +78,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Peers' hellos are checked against their certificates unless `config`'s TLS is
+    /// insecure (insecure peers have no meaningful certificate).
     pub(crate) fn new(
-        counters: NetCounters,
-        tuning: QuicTuning,
-        policy: HelloPolicy,
-        on_reject: RejectObserver,
+        config: &QuicConfig,
         local_hello: Vec<u8>,
-        check_identity: bool,
         inbox: mpsc::Sender<Arrival>,
     ) -> Self {
         Self {
-            buffers: BufferPool::new(counters.clone()),
-            counters,
-            tuning,
-            policy,
-            on_reject,
+            buffers: BufferPool::new(config.counters.clone()),
+            counters: config.counters.clone(),
+            tuning: config.tuning.clone(),
+            policy: config.policy.clone(),
+            on_reject: config.on_reject.clone(),
+            claim_check: config.claim_check.clone(),
             local_hello,
-            check_identity,
+            check_identity: !config.tls.is_insecure(),
             inbox,
             admission: Arc::new(Mutex::new(Admission::new(Instant::now()))),
             links: Mutex::default(),

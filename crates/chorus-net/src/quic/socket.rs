@@ -90,15 +90,7 @@ impl QuicSocket {
             .context("local hello")?;
 
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
-        let shared = Arc::new(Shared::new(
-            config.counters.clone(),
-            config.tuning.clone(),
-            config.policy.clone(),
-            config.on_reject.clone(),
-            local_hello,
-            !config.tls.is_insecure(),
-            inbox_tx,
-        ));
+        let shared = Arc::new(Shared::new(config, local_hello, inbox_tx));
         let outbox = Outbox::new(endpoint.clone(), shared.clone());
         let acceptor = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         debug!(%local_addr, %gossip_addr, "QUIC gossip socket open");
