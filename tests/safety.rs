@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use chorus_core::member::{Member, Status};
 
 use crate::support::agent::{members, status};
-use crate::support::bin::{KeyFile, ProcAgent};
-use crate::support::{wait_until, SLOW};
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::bin::{chorus, describe, KeyFile, ProcAgent};
+use crate::support::{free_addr, wait_until, SLOW};
 
 /// Starts `n1`..`n3` of `cluster` (each seeded with `n1`) with `extra` flags, and waits until
 /// each sees all three alive.
@@ -223,4 +225,123 @@ async fn a_minor_bump_under_app_major_rejoins_without_a_rejection() {
             a.process.log()
         );
     }
+}
+
+/// `chorus ARGS`, which must end by itself within [`SLOW`].
+async fn chorus_ends(args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(SLOW, chorus(args))
+        .await
+        .unwrap_or_else(|_| panic!("chorus {args:?} did not end within {SLOW:?}"))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keygen_makes_a_missing_directory_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("etc/chorus/cluster.pem");
+    let out = chorus_ends(&[
+        "keygen",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--cluster",
+        "shop",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(out_path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&out_path), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_cluster_differs_from_its_key_refuses_to_start() {
+    let key = KeyFile::keygen("shop");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr().to_string();
+    let socket = dir.path().join("agent.sock");
+    let data = dir.path().join("data");
+    let out = chorus_ends(&[
+        "agent",
+        "--node-id",
+        "n1",
+        "--cluster",
+        "prod",
+        "--cluster-key",
+        key.path.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--expect",
+        "1",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let last = stderr(&out).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("chorus: ")
+            && last.contains("was made for cluster \"shop\"")
+            && last.contains("--cluster \"prod\""),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_value_in_the_config_file_names_the_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "node-id = \"n1\"\ncluster = \"shop\"\ngossip-interval = \"fast\"\n",
+    )
+    .unwrap();
+    let out = chorus_ends(&["agent", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let expected = format!(
+        "chorus: config file {}, line 3, key gossip-interval: ",
+        path.display()
+    );
+    assert!(stderr(&out).starts_with(&expected), "{}", describe(&out));
+    assert!(
+        !stderr(&out).contains("--gossip-interval"),
+        "{}",
+        describe(&out)
+    );
+
+    // A malformed value: file, line and key from toml's span.
+    std::fs::write(&path, "node-id = \"n1\"\nexpect = \"three\"\n").unwrap();
+    let out = chorus_ends(&["agent", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let expected = format!(
+        "chorus: malformed config file {}: line 2, key expect: ",
+        path.display()
+    );
+    assert!(stderr(&out).starts_with(&expected), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_names_the_commit_and_the_license_is_mit() {
+    let out = chorus_ends(&["--version"]).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let commit = text
+        .strip_prefix(&format!("chorus {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected --version: {text}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+    let license = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../LICENSE"),
+    )
+    .expect("a LICENSE file at the root");
+    assert!(license.starts_with("MIT License"), "{license}");
 }

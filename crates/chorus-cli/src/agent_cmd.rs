@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chorus_agent::config::{parse_tag, Settings, TaskSettings};
+use chorus_agent::config::{parse_tag, ConfigFile, Settings, TaskSettings};
 use chorus_agent::datadir::DataDirError;
 use chorus_agent::{logging, AgentError, Exit, Stop, TransportChoice};
 
@@ -109,10 +109,12 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn settings(self) -> anyhow::Result<Settings> {
+    /// The merged settings, checked: a bad value from the config file is named by the file's
+    /// path, line and key, one from a flag by the flag.
+    fn config(self) -> anyhow::Result<chorus_agent::AgentConfig> {
         let file = match &self.config {
-            Some(path) => Settings::from_toml_file(path)?,
-            None => Settings::default(),
+            Some(path) => Some(ConfigFile::read(path)?),
+            None => None,
         };
         let tags = self
             .tags
@@ -150,13 +152,21 @@ impl AgentArgs {
                 .map(|t| TaskSettings::parse_flag(t))
                 .collect::<Result<_, _>>()?,
         };
-        Ok(flags.over(file))
+        let settings = flags.clone().over(
+            file.as_ref()
+                .map(|f| f.settings.clone())
+                .unwrap_or_default(),
+        );
+        settings.validate().map_err(|e| match &file {
+            Some(file) => file.attribute(&flags, e).into(),
+            None => e.into(),
+        })
     }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // A bad setting is a usage error (exit 2), like a bad flag.
-    let config = match args.settings().and_then(|s| Ok(s.validate()?)) {
+    let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("chorus: {e:#}");
