@@ -1,8 +1,9 @@
 //! The member view: from what gossip says about every incarnation of every node, one row per
 //! node id with a status.
 //!
-//! Rules, in order, for the newest complete incarnation of a node (highest generation whose
-//! fingerprint has fully arrived; a restart leaves the old generation behind as dead until
+//! Rules, in order, for the believed incarnation of a node ([`believed`]: the newest complete
+//! one, i.e. highest generation whose fingerprint has fully arrived, unless an older live one
+//! at another address shadows it; a restart leaves the old generation behind as dead until
 //! chitchat collects it, so rows are keyed by node id):
 //! 1. it published `state=left` -> `left`;
 //! 2. its fingerprint is incompatible under the policy -> `rejected` (never alive, never counted);
@@ -11,8 +12,9 @@
 //! 5. else `alive`.
 //!
 //! A roster member that gossip does not know at all (collected, or not heard from since this
-//! node restarted) is `dead` at its last known address; a peer refused at its hello that
-//! neither knows is `rejected`.
+//! node restarted) is `dead` at its last known address; a peer refused at its hello is
+//! `rejected` unless gossip shows it up (a refused peer never gossips again, so its last
+//! incarnation, `dead` or `left`, would otherwise hide the refusal).
 //!
 //! Every agent tick hands the view a full snapshot, but from one tick to the next almost no
 //! row changes. Rows are therefore updated in place and shared (`Arc`) with whoever published

@@ -40,6 +40,10 @@
 //!   closes the connection with [`CLOSE_IDENTITY_MISMATCH`], is counted
 //!   (`identity_mismatches`) and reported as a refusal under the name the
 //!   certificate proves.
+//! - A [`ClaimCheck`], when set, then judges whether the peer may hold the
+//!   node id of its hello at its address (another live agent may hold it);
+//!   a refusal closes with [`CLOSE_NODE_ID_CONFLICT`] and is reported with
+//!   [`RefusalKind::NodeIdConflict`] on both sides.
 //! - Connections are keyed by the peer's gossip address: the one we dialed,
 //!   or the one an accepting side learnt from the dialer's hello. Either kind
 //!   carries traffic both ways, so a node that dialed us gets its replies on
