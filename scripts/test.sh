@@ -58,6 +58,9 @@ step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets -- -D warnings
 # The process tests run the `chorus` binary from the target dir: build it first.
 step cargo build --workspace
+# The .deb from that debug build: contents, conffile, maintainer scripts, the unit verified
+# (installs cargo-deb on the first run, about 2 minutes).
+step with_timeout scripts/test-package.sh
 step with_timeout cargo test --workspace -- --test-threads="$TEST_THREADS"
 step with_timeout cargo test -p chorus-tests -- --ignored netns --test-threads=1 --nocapture
 # The benchmark is never a test, but its tiny configuration runs here so it cannot rot.

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_core::node::NodeConfig;
 use serde::Deserialize;
 
 use crate::support::bin::{chorus, describe, KeyFile, ProcAgent};
@@ -163,7 +162,7 @@ fn check_one_node_at_a_time(ticks: &[Tick]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_is_replaced() {
     // The bounds of docs/leader.md, from the same timings the agents derive.
-    let (_, _, lease) = NodeConfig::timings(INTERVAL);
+    let lease = chorus_core::consensus::RaftTiming::new(std::time::Duration::from_secs(600)).lease;
     let vote_wait = lease * 2;
     let failover_bound = vote_wait + lease;
     // "A stable majority has a leader within 2 x vote_wait + lease + 4 rounds" (the

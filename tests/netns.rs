@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chorus_core::node::NodeConfig;
 use support::{chorus, read_or_empty, unix_now, wait_for, Lab, Skip, Status};
 
 /// Number of agents.
@@ -482,7 +481,7 @@ fn netns_leader_partitioned_into_minority_steps_down() {
         names(&majority)
     );
 
-    let (_, _, lease) = NodeConfig::timings(GOSSIP_INTERVAL);
+    let lease = chorus_core::consensus::RaftTiming::new(std::time::Duration::from_secs(600)).lease;
     let partitioned = unix_now();
     let t0 = Instant::now();
     lab.partition(&minority, &majority);

@@ -187,12 +187,12 @@ pub struct AlertLine {
 }
 
 impl AlertLine {
-    /// The alert's own fields (the `details` JSON string of the log line).
+    /// The alert's own fields (the `details` object of the log line).
     pub fn details(&self) -> serde_json::Value {
         self.line
             .get("details")
-            .and_then(|d| d.as_str())
-            .and_then(|d| serde_json::from_str(d).ok())
+            .filter(|d| d.is_object())
+            .cloned()
             .unwrap_or(serde_json::Value::Null)
     }
 }

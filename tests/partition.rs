@@ -51,11 +51,15 @@ struct Timings {
 }
 
 fn timings() -> Timings {
-    let (_, split_window, lease) = NodeConfig::timings(GOSSIP_INTERVAL);
+    let (_, split_window) = NodeConfig::timings(GOSSIP_INTERVAL);
     Timings {
         split_window,
-        lease,
+        lease: raft_timing().lease,
     }
+}
+
+fn raft_timing() -> chorus_core::consensus::RaftTiming {
+    chorus_core::consensus::RaftTiming::new(Duration::from_secs(600))
 }
 
 /// The agent's tick (`chorus_agent::run`): half a gossip interval, within 50..500 ms.
@@ -63,16 +67,12 @@ fn tick() -> Duration {
     (GOSSIP_INTERVAL / 2).clamp(Duration::from_millis(50), Duration::from_millis(500))
 }
 
-/// How long voters wait on a silent candidate before they move their vote.
-fn vote_wait() -> Duration {
-    timings().lease * 2
-}
-
-/// The documented liveness bound (crates/chorus-core/src/leader.rs, and `liveness_bound` in
-/// crates/chorus-core/tests/scenarios.rs): a majority connected, without crashes, restarts,
-/// link changes or message loss for this long has a leader.
+/// The documented liveness bound (`liveness_bound` in crates/chorus-core/tests/scenarios.rs):
+/// a majority of the voters connected, without crashes, restarts, link changes or message
+/// loss for this long has a leader.
 fn liveness_bound() -> Duration {
-    vote_wait() * 2 + timings().lease + GOSSIP_INTERVAL * 4
+    let t = raft_timing();
+    t.settle + t.election_timeout() * 6 + t.lease + GOSSIP_INTERVAL * 7
 }
 
 /// By how much two leaderships of different nodes may overlap: none (the lease argument of

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_agent::config::TaskSpec;
 use chorus_agent::tasks::{GuardSettings, TaskRunner, DEFAULT_STOP_GRACE};
-use chorus_core::node::NodeConfig;
 use serde::Deserialize;
 use tempfile::TempDir;
 
@@ -259,7 +258,7 @@ fn hold_pid_file(dir: &Path, node: &str, epoch: u64) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_sigcont() {
-    let (_, _, lease) = NodeConfig::timings(INTERVAL);
+    let lease = chorus_core::consensus::RaftTiming::new(std::time::Duration::from_secs(600)).lease;
     let grace = DEFAULT_STOP_GRACE;
     let key = KeyFile::keygen("proc-lease");
     let dir = tmp();

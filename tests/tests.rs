@@ -34,6 +34,10 @@
 //!   live node id (refused, exit 5, the live node untouched, restarts still rejoin), a member
 //!   upgraded in place (`rejected` and alerted on both sides under `exact`; a minor bump
 //!   accepted under `app-major`), and the smaller traps of the same walk.
+//! - `service.rs`: `chorus agent` as a systemd service, with real processes and a datagram
+//!   socket for systemd: `READY=1` (alone, or once it has joined a peer), `STATUS=`,
+//!   `WATCHDOG=1` only while the process runs, `STOPPING=1`; `/health` and the logged
+//!   metrics address.
 //! - `partition.rs`: split-brain and leadership on a fault-injecting in-process network
 //!   (partitions, crashes, restarts, message loss), on tokio's paused clock: quorum and
 //!   split-brain alerts, and a seeded leader checker (`CHORUS_SEED` replays one schedule).
@@ -75,5 +79,6 @@ mod process;
 mod quic;
 mod rolling;
 mod safety;
+mod service;
 mod task_guard;
 mod task_lease;

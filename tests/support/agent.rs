@@ -13,7 +13,9 @@ use chorus_agent::client::{self, Client};
 use chorus_agent::{AgentError, Exit, Settings, Stop, TransportChoice};
 use chorus_core::alert::Alert;
 use chorus_core::member::{Member, Status};
-use chorus_net::{FaultController, FaultyTransport};
+use chorus_net::{
+    CountingUdpTransport, FaultController, FaultyTransport, NetCounters, PeerChannel,
+};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,7 +29,7 @@ pub const APP_VERSION: &str = "1.0";
 #[derive(Clone)]
 pub enum Net {
     /// chitchat's in-memory transport: every message still goes through the codec; nothing
-    /// touches the network, so tests cannot disturb each other.
+    /// touches the network. It carries no Raft, so its agents never elect a leader.
     Channel(ChannelTransport),
     /// The agent's own plain UDP transport (`--transport udp`): real loopback datagrams, and
     /// counters in `status` (`net`).
@@ -35,9 +37,10 @@ pub enum Net {
     /// What a deployment runs: the agent builds its transport from its configuration, QUIC
     /// with mutual TLS, with certificates minted from this cluster key.
     Quic(Arc<ClusterKey>),
-    /// chitchat's in-memory transport behind chorus-net's fault injector: the test partitions,
-    /// isolates, drops and delays messages through the [`FaultController`] it keeps.
-    Faulty(FaultyTransport),
+    /// Each agent's own plain UDP transport (gossip and Raft on loopback) behind chorus-net's
+    /// fault injector: the test partitions, isolates, drops and delays messages, Raft's as
+    /// well as gossip's, through the [`FaultController`] it keeps.
+    Faulty(FaultController),
 }
 
 /// A cluster CA (as `chorus keygen` writes it) in a temporary directory.
@@ -57,8 +60,9 @@ impl ClusterKey {
 }
 
 impl Net {
+    /// Loopback UDP, gossip and Raft (an in-memory transport carries no Raft).
     pub fn channel() -> Net {
-        Net::Channel(ChannelTransport::default())
+        Net::Udp
     }
 
     pub fn quic(cluster: &str) -> Net {
@@ -67,13 +71,19 @@ impl Net {
 
     /// An in-memory network whose faults `controller` steers.
     pub fn faulty(controller: &FaultController) -> Net {
-        Net::Faulty(FaultyTransport::in_memory(controller.clone()))
+        Net::Faulty(controller.clone())
     }
 
     fn transport(&self) -> TransportChoice {
         match self {
-            Net::Channel(t) => TransportChoice::Custom(Arc::new(t.clone())),
-            Net::Faulty(t) => TransportChoice::Custom(Arc::new(t.clone())),
+            Net::Channel(t) => TransportChoice::Custom(Arc::new(t.clone()), None),
+            Net::Faulty(controller) => {
+                let counters = NetCounters::new();
+                let (channel, inbox) = PeerChannel::new(counters.clone());
+                let udp = CountingUdpTransport::new(counters).with_peer_channel(channel.clone());
+                let faulty = FaultyTransport::new(udp, controller.clone());
+                TransportChoice::Custom(Arc::new(faulty), Some((channel, inbox)))
+            }
             Net::Udp | Net::Quic(_) => TransportChoice::FromConfig,
         }
     }
@@ -83,8 +93,7 @@ impl Net {
     async fn can_open(&self, addr: SocketAddr) -> Result<(), String> {
         match self {
             Net::Channel(t) => t.open(addr).await.map(drop).map_err(|e| e.to_string()),
-            Net::Faulty(t) => t.open(addr).await.map(drop).map_err(|e| e.to_string()),
-            Net::Udp | Net::Quic(_) => std::net::UdpSocket::bind(addr)
+            Net::Udp | Net::Quic(_) | Net::Faulty(_) => std::net::UdpSocket::bind(addr)
                 .map(drop)
                 .map_err(|e| e.to_string()),
         }
@@ -190,7 +199,7 @@ impl TestAgent {
     /// Starts the agent over `transport` instead of its spec's network (a test's own
     /// wrapper); the spec's network still says when its address is free.
     pub async fn start_on(spec: AgentSpec, transport: Arc<dyn Transport>) -> TestAgent {
-        TestAgent::start_with(spec, TransportChoice::Custom(transport)).await
+        TestAgent::start_with(spec, TransportChoice::Custom(transport, None)).await
     }
 
     async fn start_with(spec: AgentSpec, transport: TransportChoice) -> TestAgent {

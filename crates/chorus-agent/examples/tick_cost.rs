@@ -18,9 +18,10 @@ use chorus_agent::gossip;
 use chorus_agent::metrics::Metrics;
 use chorus_agent::observe::Observer;
 use chorus_agent::publish::ViewPublisher;
+use chorus_core::consensus::{RaftDisk, RaftTiming};
 use chorus_core::fingerprint::{CompatPolicy, Fingerprint};
 use chorus_core::load::LoadPolicy;
-use chorus_core::member::{keys, vote_value, NodeState, Published};
+use chorus_core::member::{keys, NodeState, Published, RaftKey};
 use chorus_core::node::{Effect, Node, NodeConfig};
 use chorus_core::roster::{Roster, RosterEntry};
 
@@ -64,11 +65,13 @@ impl Peer {
         }
         peer.set(&Published::tag_key("zone"), format!("z{}", i % 3));
         peer.set(keys::STATE, "active".into());
-        peer.set(keys::EPOCH, "1".into());
+        let raft = RaftKey {
+            raft_id: 1 + i as u64,
+            cluster_id: 7,
+            vote: 0,
+        };
+        peer.set(keys::RAFT, raft.to_value());
         peer.set(keys::LOAD, "0.10,0.20,0".into());
-        if i == 0 {
-            peer.set(keys::LEAD, "1".into());
-        }
         peer
     }
 
@@ -119,7 +122,7 @@ fn main() {
     }
 
     let t0 = Instant::now();
-    let (suspect_after, split_window, lease) = NodeConfig::timings(GOSSIP);
+    let (suspect_after, split_window) = NodeConfig::timings(GOSSIP);
     let node_config = NodeConfig {
         node_id: name(ME),
         cluster: "bench".into(),
@@ -131,13 +134,22 @@ fn main() {
         load: LoadPolicy::default(),
         split_window,
         reap_after: Duration::from_secs(600),
-        lease,
+        raft_id: 1 + ME as u64,
+        voters: 5,
+        raft_timing: RaftTiming::new(Duration::from_secs(600)),
+        seed: 1,
     };
     let roster = Roster::from_entries((0..members).map(|i| RosterEntry {
         node_id: name(i),
         addr: addr(i),
     }));
-    let mut node = Node::new(t0, node_config, roster, NodeState::Active, 1);
+    let mut node = Node::new(
+        t0,
+        node_config,
+        roster,
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     let metrics = Metrics::new();
     let mut publisher = ViewPublisher::new(t0, 1, addr(ME));
 
@@ -146,17 +158,11 @@ fn main() {
     let mut observer = Observer::default();
     for tick in 0..warmup + ticks {
         let now = t0 + TICK * tick as u32;
-        // The cluster moves: each peer republishes its vote every other tick and its load
-        // every 20 ticks, each on its own phase.
+        // The cluster moves: each peer republishes its load every 20 ticks, on its own phase.
         for (i, p) in peers.iter_mut().enumerate() {
             let Some(p) = p else { continue };
             let on_phase = |every: u64| tick % every == i as u64 % every;
             let mut changed = false;
-            if on_phase(2) {
-                let seq = tick / 2 + 10;
-                p.set(keys::VOTE, vote_value(Some("n0"), seq));
-                changed = true;
-            }
             if on_phase(20) {
                 p.set(keys::LOAD, format!("0.{:02},0.20,{}", tick % 100, tick % 7));
                 changed = true;

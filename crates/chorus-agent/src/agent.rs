@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatHandle};
 use chorus_core::alert::Alert;
+use chorus_core::consensus::{RaftTiming, Sender};
 use chorus_core::fingerprint::Fingerprint;
 use chorus_core::identity::{self, Holders};
 use chorus_core::load::LoadPolicy;
@@ -29,10 +30,11 @@ use crate::logging::log_alert;
 use crate::metrics::{self, Metrics};
 use crate::observe::Observer;
 use crate::publish::ViewPublisher;
+use crate::raftdisk::RaftStore;
 use crate::server::{self, ApiView, Input, ServerState};
 use crate::sysload;
 use crate::tasks::{GuardSettings, TaskRunner};
-use chorus_net::{NetCounters, RefusalKind};
+use chorus_net::{NetCounters, PeerChannel, PeerMessage, RefusalKind};
 
 /// How often host load is sampled.
 const LOAD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -74,6 +76,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    #[error("cannot open the Raft log: {0}")]
+    RaftLog(#[from] crate::raftlog::RaftLogError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -108,12 +112,16 @@ pub enum Exit {
     Crashed,
 }
 
+/// Where a custom transport's Raft messages leave and arrive.
+pub type PeerLink = (PeerChannel, mpsc::Receiver<PeerMessage>);
+
 /// Which transport carries gossip.
 pub enum TransportChoice {
     /// As the configuration says.
     FromConfig,
-    /// Supplied by the caller (in-process tests, fault injection).
-    Custom(Arc<dyn Transport>),
+    /// Supplied by the caller (in-process tests, fault injection), with the channel its Raft
+    /// messages travel on (`None`: no Raft traffic; such a node never joins a Raft cluster).
+    Custom(Arc<dyn Transport>, Option<PeerLink>),
 }
 
 /// Runs an agent until `shutdown` completes or a client asks it to leave. A graceful stop and
@@ -132,7 +140,8 @@ pub async fn run(
         None => derive_advertise(config.listen, &config.seeds)?,
     };
 
-    let (suspect_after, split_window, lease) = NodeConfig::timings(config.gossip_interval);
+    let (raft_store, raft_disk) = RaftStore::open(&config.data_dir)?;
+    let (suspect_after, split_window) = NodeConfig::timings(config.gossip_interval);
     let node_config = NodeConfig {
         node_id: config.node_id.clone(),
         cluster: config.cluster.clone(),
@@ -140,11 +149,14 @@ pub async fn run(
         fingerprint: fingerprint.clone(),
         policy: config.compat,
         suspect_after,
-        expect: config.expect,
+        expect: bootstrap_expect(&config, advertise),
         load: LoadPolicy::default(),
         split_window,
         reap_after: config.reap_after,
-        lease,
+        raft_id: persisted.raft_id,
+        voters: config.voters,
+        raft_timing: RaftTiming::new(config.reap_after),
+        seed: rand::random(),
     };
     let roster = Roster::from_entries(persisted.roster.clone());
     let mut seeds = config.seeds.clone();
@@ -159,7 +171,7 @@ pub async fn run(
         .state
         .filter(|s| *s != NodeState::Left)
         .unwrap_or_default();
-    let node = Node::new(now(), node_config, roster, initial_state, persisted.epoch);
+    let node = Node::new(now(), node_config, roster, initial_state, &raft_disk);
 
     let mut initial_kvs = Published::identity_pairs(&fingerprint, unix_ms());
     let mut tags = config.tags.clone();
@@ -180,18 +192,28 @@ pub async fn run(
         config.gossip_interval,
     );
     let holders = Arc::new(RwLock::new(Holders::only(&config.node_id, advertise)));
-    let (transport, counters, mut refusals, insecure) = match transport {
-        TransportChoice::Custom(t) => (t, None, mpsc::channel(1).1, false),
-        TransportChoice::FromConfig => {
-            let built = crate::transport::build(&config, advertise, &fingerprint, holders.clone())?;
-            (
-                built.transport,
-                Some(built.counters),
-                built.refusals,
-                built.insecure,
-            )
-        }
-    };
+    let (transport, counters, mut refusals, insecure, peer_channel, mut peer_messages) =
+        match transport {
+            TransportChoice::Custom(t, peers) => {
+                let (channel, messages) = match peers {
+                    Some((c, m)) => (Some(c), m),
+                    None => (None, mpsc::channel(1).1),
+                };
+                (t, None, mpsc::channel(1).1, false, channel, messages)
+            }
+            TransportChoice::FromConfig => {
+                let built =
+                    crate::transport::build(&config, advertise, &fingerprint, holders.clone())?;
+                (
+                    built.transport,
+                    Some(built.counters),
+                    built.refusals,
+                    built.insecure,
+                    Some(built.peer_channel),
+                    built.peer_messages,
+                )
+            }
+        };
     if insecure {
         warn_insecure(&config);
     }
@@ -249,6 +271,8 @@ pub async fn run(
         persist_error: None,
         data_dir,
         persisted,
+        raft_store,
+        peer_channel,
         events: events.clone(),
         view: Arc::new(RwLock::new(Arc::new(ApiView {
             members: Arc::new([]),
@@ -271,6 +295,8 @@ pub async fn run(
         generation = agent.persisted.generation, fingerprint = %fingerprint.digest,
         socket = %config.socket.display(), "chorus agent started"
     );
+    // The socket serves from here on: what is left before READY=1 is a peer (crate::notify).
+    let mut notifier = crate::notify::Notifier::from_env(&config, advertise, started);
 
     let tick_every =
         (config.gossip_interval / 2).clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -299,7 +325,13 @@ pub async fn run(
                 if agent.panicked {
                     break Err(AgentError::Panic);
                 }
+                notifier.turned(now, &agent.view.read().status.node);
             }
+            _ = tokio::time::sleep_until(agent.node.poll_timeout().into()) => {
+                agent.node.handle_timeout(now());
+                agent.apply_effects().await;
+            }
+            Some(message) = peer_messages.recv() => agent.on_peer_message(message).await,
             Some(peer) = refusals.recv() => {
                 if peer.kind == RefusalKind::NodeIdConflict {
                     if peer.by_us {
@@ -337,7 +369,7 @@ pub async fn run(
                     let _ = reply.send(Response::Done { message: format!("sessions = {n}") });
                 }
                 Input::Forget(node, reply) => {
-                    let response = match agent.node.handle_forget(&node) {
+                    let response = match agent.node.handle_forget(now(), &node) {
                         Ok(()) => Response::Done { message: format!("{node} forgotten") },
                         Err(e) => Response::Error { message: e.to_string() },
                     };
@@ -385,6 +417,7 @@ pub async fn run(
         agent.chitchat.abort();
         return Ok(exit);
     }
+    notifier.stopping();
     agent.leave(config.gossip_interval).await;
     agent.tasks.stop_and_wait().await;
     if let Some((reply, written)) = reply {
@@ -434,6 +467,10 @@ struct Running {
     persist_error: Option<String>,
     data_dir: DataDir,
     persisted: PersistedState,
+    raft_store: RaftStore,
+    /// Where Raft messages leave (`None`: a test transport without one; Raft then stays
+    /// alone).
+    peer_channel: Option<PeerChannel>,
     events: broadcast::Sender<WatchEvent>,
     view: Arc<RwLock<Arc<ApiView>>>,
 }
@@ -456,11 +493,6 @@ impl Running {
         if self.holders_revision != Some(revision) {
             self.holders_revision = Some(revision);
             *self.holders.write() = Holders::of(self.node.members());
-        }
-        // The gossip lease, until Raft gives one: renewed for a lease on every step that
-        // still leads.
-        if self.node.leading().is_some() {
-            self.tasks.renew(now + self.node.config().lease);
         }
         self.publish_view(now);
         self.metrics.tick(started.elapsed());
@@ -489,12 +521,22 @@ impl Running {
                     self.persisted.roster = entries;
                     let _ = self.persist("roster");
                 }
-                Effect::PersistEpoch(epoch) => {
-                    self.persisted.epoch = self.persisted.epoch.max(epoch);
-                    if self.persist("epoch").is_ok() {
-                        self.node.handle_epoch_persisted(epoch);
+                Effect::RaftPersist(w) => {
+                    if let Err(e) = self.raft_store.write(&w) {
+                        self.node.handle_raft_persist_failed(&e.to_string());
                     }
                 }
+                Effect::RaftSend { addr, bytes, .. } => {
+                    if let Some(channel) = &self.peer_channel {
+                        channel.send(addr, bytes);
+                    }
+                }
+                Effect::RaftReload => match self.raft_store.reload() {
+                    Ok(disk) => self.node.handle_raft_reload(now(), &disk),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the Raft log again; Raft stays stopped on this node until a restart");
+                    }
+                },
                 Effect::SplitBrain {
                     reachable,
                     unreachable,
@@ -510,11 +552,15 @@ impl Running {
                         );
                     }
                 }
-                Effect::LeadershipAcquired { epoch } => {
+                Effect::LeadershipAcquired {
+                    epoch,
+                    until,
+                    tasks_from,
+                } => {
                     tracing::info!(epoch, "this node is now the leader");
-                    let now = now();
-                    self.tasks.lead(epoch, now + self.node.config().lease, now);
+                    self.tasks.lead(epoch, until, tasks_from);
                 }
+                Effect::LeaseRenewed { until } => self.tasks.renew(until),
                 Effect::LeadershipLost { epoch } => {
                     tracing::info!(epoch, "this node is no longer the leader");
                     self.tasks.stop();
@@ -557,11 +603,11 @@ impl Running {
                 message: format!("already {}", state.as_str()),
             };
         }
-        self.node.handle_set_state(state);
+        self.node.handle_set_state(now(), state);
         self.persist_error = None;
         let saved = self.persist("state");
         if saved.is_err() {
-            self.node.handle_set_state(old);
+            self.node.handle_set_state(now(), old);
             self.persisted.state = Some(old);
         }
         self.step(now()).await;
@@ -600,6 +646,19 @@ impl Running {
         Ok(())
     }
 
+    /// A Raft message from a peer: the transport says who sent it (QUIC: the node its
+    /// certificate and hello prove; UDP: only an address).
+    async fn on_peer_message(&mut self, message: PeerMessage) {
+        let from = Sender {
+            node_id: message.from_node.as_deref(),
+            addr: message.from_addr,
+        };
+        if let Err(e) = self.node.handle_raft_message(now(), &from, &message.bytes) {
+            tracing::debug!(peer = %message.from_addr, error = %e, "Raft message dropped");
+        }
+        self.apply_effects().await;
+    }
+
     fn publish_view(&mut self, now: Instant) {
         let net = self.counters.as_ref().map(NetCounters::snapshot);
         let view = self.publisher.publish(&self.node, &self.metrics, now, net);
@@ -608,7 +667,7 @@ impl Running {
 
     /// Publishes `left` and gives gossip a few rounds (bounded) to carry it to the others.
     async fn leave(&mut self, gossip_interval: Duration) {
-        self.node.handle_leave();
+        self.node.handle_leave(now());
         self.apply_effects().await;
         let _ = self.persist("state");
         let others_up = self
@@ -640,6 +699,25 @@ fn warn_insecure(config: &AgentConfig) {
     );
 }
 
+/// How many nodes must find each other before a new cluster starts: `--expect`, or the number
+/// of distinct seeds with this node counted once (a node that is its own only seed, or has
+/// none, starts alone).
+fn bootstrap_expect(config: &AgentConfig, advertise: SocketAddr) -> usize {
+    if config.expect > 0 {
+        return config.expect;
+    }
+    let ours = [advertise.to_string(), config.listen.to_string()];
+    let mut others: Vec<&str> = config
+        .seeds
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !ours.iter().any(|o| o == s))
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    others.len() + 1
+}
+
 fn placeholder_status() -> StatusReport {
     StatusReport {
         node: chorus_core::node::NodeStatus {
@@ -654,6 +732,7 @@ fn placeholder_status() -> StatusReport {
             leader: None,
             epoch: 0,
             state: NodeState::Active,
+            raft: Default::default(),
         },
         generation: 0,
         is_leader: false,

@@ -152,6 +152,7 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub expect: Option<usize>,
+    pub voters: Option<usize>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub gossip_interval: Option<String>,
@@ -365,6 +366,7 @@ impl Settings {
             data_dir: self.data_dir.or(file.data_dir),
             socket: self.socket.or(file.socket),
             expect: self.expect.or(file.expect),
+            voters: self.voters.or(file.voters),
             tags,
             gossip_interval: self.gossip_interval.or(file.gossip_interval),
             log_format: self.log_format.or(file.log_format),
@@ -500,6 +502,13 @@ impl Settings {
             Some(s) => parse_duration("--reap-after", &s)?,
             None => DEFAULT_REAP_AFTER,
         };
+        let voters = self.voters.unwrap_or(DEFAULT_VOTERS);
+        if voters.is_multiple_of(2) || !(1..=MAX_VOTERS).contains(&voters) {
+            return Err(invalid(
+                "--voters",
+                format!("{voters}: expected an odd number from 1 to {MAX_VOTERS} (an even number tolerates no more failures than the odd one below it)"),
+            ));
+        }
         let mut tasks = Vec::new();
         for t in self.tasks {
             let t = t.validate()?;
@@ -525,6 +534,7 @@ impl Settings {
         Ok(AgentConfig {
             metrics_addr,
             reap_after,
+            voters,
             on_split_brain: self.on_split_brain,
             panic_exit: self.panic_exit.unwrap_or(false),
             tasks,
@@ -554,6 +564,10 @@ impl Settings {
 /// (chorus-net's `wire`) keeps their traffic under plain chitchat's at 1 s (docs/benchmarks.md).
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(400);
 pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(10 * 60);
+/// Raft voters by default: a majority survives two failures.
+pub const DEFAULT_VOTERS: usize = 5;
+/// More voters make every commit wait for more acknowledgements and buy little.
+pub const MAX_VOTERS: usize = 15;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -606,6 +620,8 @@ pub struct AgentConfig {
     pub security: Option<Security>,
     pub transport: TransportKind,
     pub reap_after: Duration,
+    /// At most this many nodes vote in Raft (`--voters`, odd).
+    pub voters: usize,
     /// Run when quorum is lost (the "cluster panic" hook).
     pub on_split_brain: Option<String>,
     /// Exit instead when quorum is lost.

@@ -48,9 +48,14 @@ pub struct PersistedState {
     pub roster: Vec<RosterEntry>,
     #[serde(default)]
     pub state: Option<NodeState>,
-    /// The largest fencing epoch this node has seen: a new leadership is always larger.
-    #[serde(default)]
+    /// Written by versions that elected over gossip; read and ignored (the epoch is now the
+    /// Raft term, which Raft persists).
+    #[serde(default, skip_serializing)]
     pub epoch: u64,
+    /// This data dir's identity in Raft (never 0 once started): a wiped data dir is a new
+    /// member, never an old one that forgot its votes.
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 /// An open data dir, locked for this agent while any clone of it lives.
@@ -142,9 +147,23 @@ impl DataDir {
     ) -> Result<PersistedState, DataDirError> {
         let mut state = self.load()?.unwrap_or_default();
         if !state.node_id.is_empty() && state.node_id != node_id {
+            // Raft knows this data dir as the other node: taking it over would speak for it.
+            if self.dir.join(crate::raftlog::DIR).exists() {
+                return Err(DataDirError::Corrupt {
+                    path: self.dir.join(STATE_FILE),
+                    reason: format!(
+                        "this data dir holds the Raft state of node {:?}: start {:?} on it, or give {node_id:?} a data dir of its own",
+                        state.node_id, state.node_id
+                    ),
+                });
+            }
             // Another node's roster is not ours to inherit; its generation still only grows.
             state.roster.clear();
             state.state = None;
+            state.raft_id = 0;
+        }
+        while state.raft_id == 0 {
+            state.raft_id = rand::random();
         }
         state.node_id = node_id.to_string();
         // A generation at the top of its range cannot grow: refuse to start rather than wrap.

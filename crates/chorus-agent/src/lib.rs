@@ -23,7 +23,8 @@
 //! - [`tasks`]: scheduled tasks, run on the leader with the fencing epoch.
 //! - [`hooks`]: the `--on-split-brain` command.
 //! - [`transport`]: QUIC with mutual TLS (or counted UDP), with the fingerprint hello policy.
-//! - [`metrics`]: Prometheus text format on `--metrics-addr`.
+//! - [`metrics`]: Prometheus text format on `--metrics-addr`; [`health`]: `GET /health` there.
+//! - [`notify`]: systemd's notify protocol (`READY=1`, `STATUS=`, `STOPPING=1`, `WATCHDOG=1`).
 #![forbid(unsafe_code)]
 
 mod accept;
@@ -34,11 +35,14 @@ pub mod config;
 pub mod datadir;
 pub mod fdlimit;
 pub mod gossip;
+pub mod health;
 pub mod hooks;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod publish;
+pub mod raftdisk;
 pub mod raftlog;
 pub mod server;
 pub mod socket_path;

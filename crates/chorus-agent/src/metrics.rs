@@ -24,10 +24,19 @@
 //! | `chorus_net_identity_mismatches_total` | counter | peers whose hello claimed a node id their certificate does not name |
 //! | `chorus_net_streams_over_budget_total` | counter | incoming streams stopped: no buffer budget left |
 //! | `chorus_net_streams_timed_out_total` | counter | incoming streams stopped: not finished in time |
-//! | `chorus_net_buffered_bytes` | gauge | bytes held for incoming streams and for messages waiting for chitchat |
+//! | `chorus_net_buffered_bytes` | gauge | bytes held for incoming streams, for messages waiting for chitchat and for received Raft messages |
+//! | `chorus_net_raft_messages_sent_total`, `..._received_total` | counter | Raft messages sent, and received and queued for the consensus engine |
+//! | `chorus_net_raft_bytes_sent_total`, `..._received_total` | counter | Raft payload bytes |
+//! | `chorus_net_raft_dropped_total` | counter | Raft messages dropped: no socket, oversized, queue full, peer unreachable, inbox full |
 //! | `chorus_peer_heartbeat_age_seconds{peer}` | gauge | time since the peer's heartbeat last moved: the input of the phi detector (chitchat keeps phi itself private); refreshed once a second |
 //! | `chorus_tick_duration_seconds` | histogram | one agent round: read gossip, decide, act |
 //! | `chorus_local_connections_refused_total{listener}` | counter | connections to the Unix socket (`socket`) or this endpoint (`metrics`) refused at their limit |
+//!
+//! Every labelled series an alerting rule may use exists from the start, at 0: each member
+//! status, each partition side, each listener, and each alert kind (chorus-core's
+//! `alert::KINDS`), as Prometheus conventions ask (a rule on a missing series never fires).
+//!
+//! `GET /health` on the same address answers whether the agent is fit to serve ([`crate::health`]).
 //!
 //! The endpoint serves at most `MAX_METRICS_CONNECTIONS` (chorus-core's `admission`) at once
 //! and answers one more `503 Service Unavailable`; a request not complete within
@@ -58,6 +67,7 @@ use tokio::task::JoinSet;
 use chorus_core::admission::{AcceptBackoff, Budget, LogEvery};
 
 use crate::accept::accept_next;
+use crate::health::Health;
 
 type Labels = Vec<(String, String)>;
 
@@ -100,10 +110,13 @@ pub struct Metrics {
     buffered_bytes: Gauge,
     /// One per [`LISTENERS`].
     refused: [Counter; 2],
+    /// What `GET /health` answers from, kept up to date by [`Metrics::tick`] and
+    /// [`Metrics::update_status`].
+    pub health: Health,
 }
 
 /// One counter per field of [`NetStats`] but the gauge `buffered_bytes`.
-const NET_COUNTERS: usize = 17;
+const NET_COUNTERS: usize = 22;
 
 /// The heartbeat-age gauge of each peer, held so that a refresh looks no label up, with the
 /// refresh that last set it.
@@ -135,6 +148,11 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
         streams_over_budget,
         streams_timed_out,
         buffered_bytes: _,
+        raft_messages_sent,
+        raft_messages_received,
+        raft_bytes_sent,
+        raft_bytes_received,
+        raft_dropped,
     } = *s;
     [
         ("net_bytes_sent", "Gossip payload bytes sent", bytes_sent),
@@ -214,6 +232,31 @@ fn net_counters(s: &NetStats) -> [(&'static str, &'static str, u64); NET_COUNTER
             "Incoming streams stopped: not finished in time",
             streams_timed_out,
         ),
+        (
+            "net_raft_messages_sent",
+            "Raft messages sent",
+            raft_messages_sent,
+        ),
+        (
+            "net_raft_messages_received",
+            "Raft messages received and queued for the consensus engine",
+            raft_messages_received,
+        ),
+        (
+            "net_raft_bytes_sent",
+            "Raft payload bytes sent",
+            raft_bytes_sent,
+        ),
+        (
+            "net_raft_bytes_received",
+            "Raft payload bytes received",
+            raft_bytes_received,
+        ),
+        (
+            "net_raft_dropped",
+            "Raft messages dropped: no socket, oversized, queue full, peer unreachable, inbox full",
+            raft_dropped,
+        ),
     ]
 }
 
@@ -266,6 +309,9 @@ impl Metrics {
         registry.register("is_leader", "1 on the leader", is_leader.clone());
         let alerts = Family::<Labels, Counter>::default();
         registry.register("alerts", "Alerts raised, by kind", alerts.clone());
+        for kind in chorus_core::alert::KINDS {
+            drop(alerts.get_or_create(&vec![("kind".into(), kind.into())]));
+        }
         let heartbeat_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "peer_heartbeat_age_seconds",
@@ -315,6 +361,7 @@ impl Metrics {
             last_net: Mutex::new(NetStats::default()),
             buffered_bytes,
             refused,
+            health: Health::default(),
         }
     }
 
@@ -331,8 +378,10 @@ impl Metrics {
         }
     }
 
+    /// One turn of the agent loop, which took `took`.
     pub fn tick(&self, took: Duration) {
         self.tick.observe(took.as_secs_f64());
+        self.health.turned(tokio::time::Instant::now().into_std());
     }
 
     /// The gauges that follow the node's status.
@@ -344,6 +393,7 @@ impl Metrics {
         }
         self.leader_epoch.set(status.epoch as i64);
         self.is_leader.set(is_leader as i64);
+        self.health.update(status);
     }
 
     /// Members by status.
@@ -411,6 +461,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `GET /metrics` (and `/`) until the task is aborted; aborting it also ends the open
 /// connections (they live in a `JoinSet` it owns).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving metrics at http://{addr}/metrics and health at http://{addr}/health");
+    }
     let limit = Budget::for_fd_limit(crate::fdlimit::current_nofile_limit()).metrics;
     let permits = Arc::new(Semaphore::new(limit));
     let refusing = Arc::new(Semaphore::new(limit));
@@ -485,16 +538,22 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     }
     let line = String::from_utf8_lossy(&head);
     let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body, ctype) = if line.starts_with("GET ") && (path == "/metrics" || path == "/") {
+    let get = line.starts_with("GET ");
+    let (status, body, ctype) = if get && (path == "/metrics" || path == "/") {
         (
             "200 OK",
             metrics.render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
+    } else if get && path == "/health" {
+        let (status, body) = metrics
+            .health
+            .answer(tokio::time::Instant::now().into_std());
+        (status, body, "application/json")
     } else {
         (
             "404 Not Found",
-            "not found: try GET /metrics\n".to_string(),
+            "not found: try GET /metrics or GET /health\n".to_string(),
             "text/plain",
         )
     };
@@ -527,6 +586,71 @@ mod tests {
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer).await;
         answer
+    }
+
+    #[test]
+    fn every_alerting_series_exists_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for kind in chorus_core::alert::KINDS {
+            let line = format!("chorus_alerts_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "no {line} in\n{text}");
+        }
+        for status in STATUSES {
+            let line = format!("chorus_members{{status=\"{}\"}} 0", status.as_str());
+            assert!(text.contains(&line), "no {line} in\n{text}");
+        }
+        for side in PARTITIONS {
+            let line = format!("chorus_partition{{side=\"{}\"}} 0", side.as_str());
+            assert!(text.contains(&line), "no {line} in\n{text}");
+        }
+    }
+
+    /// Sends `GET path` and reads the whole answer.
+    async fn get_path(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn health_is_503_until_the_loop_turns_on_the_majority_side() {
+        let (addr, metrics, _task) = start().await;
+        let unhealthy = get_path(addr, "/health").await;
+        assert!(
+            unhealthy.starts_with("HTTP/1.1 503 Service Unavailable"),
+            "{unhealthy}"
+        );
+        assert!(
+            unhealthy.contains("Content-Type: application/json"),
+            "{unhealthy}"
+        );
+        let status = NodeStatus {
+            node_id: "n1".into(),
+            cluster: "c".into(),
+            fingerprint: String::new(),
+            app_version: String::new(),
+            alive: 1,
+            roster: 1,
+            quorum: true,
+            partition: Partition::Majority,
+            leader: None,
+            epoch: 0,
+            state: chorus_core::member::NodeState::Active,
+            raft: Default::default(),
+        };
+        metrics.update_status(&status, false);
+        metrics.tick(Duration::from_micros(10));
+        let healthy = get_path(addr, "/health").await;
+        assert!(healthy.starts_with("HTTP/1.1 200 OK"), "{healthy}");
+        let body = healthy.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let report: serde_json::Value = serde_json::from_str(body).expect(body);
+        assert_eq!(report["healthy"], true);
+        assert_eq!(report["partition"], "majority");
+        let missing = get_path(addr, "/nothing").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,7 +120,7 @@ mod tests {
 
     use chitchat::{DeletionStatus, VersionedValue};
     use chorus_core::fingerprint::Fingerprint;
-    use chorus_core::member::{keys, vote_value};
+    use chorus_core::member::keys;
 
     use super::*;
     use crate::gossip;
@@ -208,19 +208,19 @@ mod tests {
 
         set_peer(&mut chitchat, &id(1, 1), &peer, 0);
         check(&chitchat, "a peer arrives");
-        let vote = vote_value(Some("n1"), 3);
-        peer.push((keys::VOTE, &vote, 10, false));
+        let vote = "1/0/0".to_string();
+        peer.push((keys::RAFT, &vote, 10, false));
         set_peer(&mut chitchat, &id(1, 1), &peer, 0);
         check(&chitchat, "a new key");
-        let vote = vote_value(Some("n1"), 4);
+        let vote = "1/7/0".to_string();
         peer.last_mut().unwrap().1 = &vote;
         peer.last_mut().unwrap().2 = 11;
         set_peer(&mut chitchat, &id(1, 1), &peer, 0);
-        check(&chitchat, "the vote moves");
+        check(&chitchat, "the raft key moves");
         peer.last_mut().unwrap().2 = 12;
         peer.last_mut().unwrap().3 = true;
         set_peer(&mut chitchat, &id(1, 1), &peer, 0);
-        check(&chitchat, "the vote is deleted");
+        check(&chitchat, "the raft key is deleted");
         peer[0].1 = "another-digest";
         peer[0].2 = 13;
         set_peer(&mut chitchat, &id(1, 1), &peer, 0);
@@ -230,10 +230,10 @@ mod tests {
         check(&chitchat, "load arrives");
         // A catch-up reset may drop a key without collecting anything.
         peer.pop();
-        let vote = vote_value(Some("n1"), 5);
-        *peer.last_mut().unwrap() = (keys::VOTE, &vote, 15, false);
+        let vote = "1/8/0".to_string();
+        *peer.last_mut().unwrap() = (keys::RAFT, &vote, 15, false);
         set_peer(&mut chitchat, &id(1, 1), &peer, 0);
-        check(&chitchat, "load dropped as the vote moves");
+        check(&chitchat, "load dropped as the raft key moves");
         peer.pop();
         peer[1].2 = 16;
         set_peer(&mut chitchat, &id(1, 1), &peer, 12);

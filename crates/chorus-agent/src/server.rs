@@ -418,6 +418,7 @@ mod tests {
                 leader: None,
                 epoch: 0,
                 state: chorus_core::member::NodeState::Active,
+                raft: Default::default(),
             },
             generation: 1,
             is_leader: false,

@@ -8,8 +8,8 @@ use chitchat::transport::Transport;
 use chorus_core::fingerprint::{CompatPolicy, Fingerprint};
 use chorus_core::identity::Holders;
 use chorus_net::{
-    ClusterCa, CountingUdpTransport, Hello, HelloTemplate, NetCounters, NodeIdentity, QuicConfig,
-    QuicTransport, RejectedPeer, TlsMode,
+    ClusterCa, CountingUdpTransport, Hello, HelloTemplate, NetCounters, NodeIdentity, PeerChannel,
+    PeerMessage, QuicConfig, QuicTransport, RejectedPeer, TlsMode,
 };
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
@@ -47,6 +47,12 @@ pub struct BuiltTransport {
     pub counters: NetCounters,
     pub refusals: mpsc::Receiver<RejectedPeer>,
     pub insecure: bool,
+    /// Sends Raft messages to peers by gossip address, over whichever socket `transport` has
+    /// open (QUIC: authenticated streams after the hello; UDP: unauthenticated datagrams, no
+    /// large snapshots, for experiments).
+    pub peer_channel: PeerChannel,
+    /// The Raft messages peers sent.
+    pub peer_messages: mpsc::Receiver<PeerMessage>,
 }
 
 /// The text carried in the hello's fingerprint field: the whole fingerprint, so the peer can
@@ -125,12 +131,17 @@ pub fn build(
 ) -> Result<BuiltTransport, TransportError> {
     let counters = NetCounters::new();
     let (tx, refusals) = mpsc::channel(REFUSAL_QUEUE);
+    let (peer_channel, peer_messages) = PeerChannel::new(counters.clone());
     match config.transport {
         TransportKind::Udp => Ok(BuiltTransport {
-            transport: Arc::new(CountingUdpTransport::new(counters.clone())),
+            transport: Arc::new(
+                CountingUdpTransport::new(counters.clone()).with_peer_channel(peer_channel.clone()),
+            ),
             counters,
             refusals,
             insecure: true,
+            peer_channel,
+            peer_messages,
         }),
         TransportKind::Quic => {
             let tls = tls_mode(config)?;
@@ -153,12 +164,15 @@ pub fn build(
                     let _ = tx.try_send(peer);
                 })
                 .with_counters(counters.clone())
-                .with_advertise_addr(advertise);
+                .with_advertise_addr(advertise)
+                .with_peer_channel(peer_channel.clone());
             Ok(BuiltTransport {
                 transport: Arc::new(QuicTransport::new(quic)),
                 counters,
                 refusals,
                 insecure,
+                peer_channel,
+                peer_messages,
             })
         }
     }
@@ -171,6 +185,12 @@ mod tests {
     fn hello(cluster: &str, fp: &Fingerprint) -> Hello {
         HelloTemplate::new(cluster, "peer", hello_fingerprint(fp))
             .to_hello("127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn the_transport_carries_the_largest_raft_envelope() {
+        let largest = chorus_core::consensus::envelope::MAX_ENVELOPE_BYTES;
+        assert!(largest <= chorus_net::MAX_RAFT_MESSAGE_SIZE);
     }
 
     #[test]

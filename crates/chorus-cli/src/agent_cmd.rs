@@ -60,9 +60,14 @@ pub struct AgentArgs {
     /// created 0700]. Only a stale socket at the path is ever replaced.
     #[arg(long, env = "CHORUS_SOCKET")]
     socket: Option<PathBuf>,
-    /// Never count quorum against fewer than N members.
+    /// Start a new cluster only once N nodes (this one included) have found each other
+    /// [default: the number of distinct seeds, this node counted once]. Give more than half
+    /// of the nodes that start together; `--expect 1` lets a node start alone.
     #[arg(long, value_name = "N")]
     expect: Option<usize>,
+    /// At most N nodes vote in Raft (odd); the others follow [default: 5].
+    #[arg(long, value_name = "N")]
+    voters: Option<usize>,
     /// A tag k=v (repeatable), e.g. read_only=true.
     #[arg(long = "tag", value_name = "K=V")]
     tags: Vec<String>,
@@ -99,7 +104,7 @@ pub struct AgentArgs {
     /// Exit with code 3 when this node loses quorum, instead of running on as a minority.
     #[arg(long)]
     panic_exit: bool,
-    /// Serve Prometheus metrics on this address (GET /metrics).
+    /// Serve Prometheus metrics (GET /metrics) and health (GET /health) on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<String>,
     /// A task run on the leader only, once per period (repeatable), e.g.
@@ -133,6 +138,7 @@ impl AgentArgs {
             data_dir: self.data_dir,
             socket: self.socket,
             expect: self.expect,
+            voters: self.voters,
             tags,
             gossip_interval: self.gossip_interval,
             log_format: self.log_format,
@@ -206,19 +212,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// SIGTERM or SIGINT: a graceful stop.
+/// SIGTERM or SIGINT: a graceful stop. SIGHUP (the unit's `ExecReload`) is taken and logged
+/// rather than left to its default action, which would end the agent without a word.
 async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers the default action (exit) still stops the process.
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: leaving"),
-        _ = int.recv() => tracing::info!("SIGINT: leaving"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: leaving"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: leaving"); break; }
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: this agent does not reread its config at runtime yet; nothing changed (restart it to apply a new config)"
+            ),
+        }
     }
     Stop::Graceful
 }

@@ -6,6 +6,7 @@
 
 mod agent_cmd;
 mod keygen;
+mod manuals;
 mod memory;
 mod query;
 mod render;
@@ -155,6 +156,17 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Print a shell completion script, e.g. `chorus completions bash > /etc/bash_completion.d/chorus`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command to a directory.
+    Man {
+        /// Write chorus.1 and chorus-COMMAND.1 for every command into this directory.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// The agent's watchdog around one task run (internal: started by the agent).
     #[command(hide = true)]
     TaskGuard(task_guard::GuardArgs),
@@ -174,9 +186,12 @@ const MAX_WORKER_THREADS: usize = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The guard is small and synchronous: no runtime, no worker threads.
+    // The guard and the generated documents are small and synchronous: no runtime, no
+    // worker threads.
     let command = match cli.command {
         Command::TaskGuard(args) => return task_guard::run(args),
+        Command::Completions { shell } => return finish(manuals::completions(shell)),
+        Command::Man { out_dir } => return finish(manuals::man(out_dir.as_deref())),
         other => other,
     };
     if matches!(command, Command::Agent(_)) {
@@ -223,9 +238,16 @@ fn main() -> ExitCode {
                 client,
             } => query::drain(&client, wait, timeout).await,
             Command::Resume { client } => query::resume(&client).await,
-            Command::TaskGuard(_) => unreachable!("handled before the runtime starts"),
+            Command::TaskGuard(_) | Command::Completions { .. } | Command::Man { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
+    finish(result)
+}
+
+/// The exit code of a command, with its error on stderr as one line.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

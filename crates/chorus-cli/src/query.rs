@@ -209,8 +209,12 @@ pub async fn watch(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
             }
             Ok(Response::Error { message }) => eprintln!("chorus: {message}"),
             Ok(other) => return Err(unexpected(other)),
-            // The agent stopped: the stream ends, as `tail -f` of a removed file would.
-            Err(_) => return Ok(ExitCode::SUCCESS),
+            // The agent stopped: one line and a failure, so a script or a supervisor running
+            // `watch` notices that its events ended.
+            Err(_) => bail!(
+                "the agent at {} stopped; no more events",
+                opts.socket().display()
+            ),
         }
     }
 }

@@ -135,6 +135,25 @@ pub enum Alert {
     },
 }
 
+/// Every [`Alert::kind`], in declaration order: what the metrics show at 0 before the first
+/// alert of a kind. A new variant goes here as well as in `kind` (a test checks both agree).
+pub const KINDS: [&str; 14] = [
+    "node_joined",
+    "node_failed",
+    "node_left",
+    "version_rejected",
+    "node_id_conflict",
+    "split_brain_suspected",
+    "quorum_lost",
+    "quorum_regained",
+    "split_brain_healed",
+    "node_reaped",
+    "leader_changed",
+    "dual_leader",
+    "persist_failed",
+    "gossip_restarted",
+];
+
 impl Alert {
     /// The `alert=<kind>` name.
     pub fn kind(&self) -> &'static str {
@@ -368,5 +387,88 @@ mod tests {
             RejectCause::of_reason("wire protocol 3 (ours 2)"),
             RejectCause::ProtocolMismatch
         );
+    }
+
+    /// One alert of each variant. The match below has no wildcard, so a new variant does not
+    /// compile until it is added here, and the test then asks for it in [`KINDS`].
+    fn one_of_each() -> Vec<Alert> {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let node = || "n".to_string();
+        let all = vec![
+            Alert::NodeJoined {
+                node: node(),
+                addr,
+                generation: 1,
+            },
+            Alert::NodeFailed { node: node(), addr },
+            Alert::NodeLeft { node: node() },
+            Alert::VersionRejected {
+                node: node(),
+                addr: None,
+                reason: String::new(),
+                cause: RejectCause::VersionMismatch,
+            },
+            Alert::NodeIdConflict {
+                node: node(),
+                held_at: None,
+                claimed_from: addr,
+            },
+            Alert::SplitBrainSuspected {
+                lost: vec![],
+                reachable: vec![],
+            },
+            Alert::QuorumLost {
+                reachable: vec![],
+                unreachable: vec![],
+            },
+            Alert::QuorumRegained { reachable: vec![] },
+            Alert::SplitBrainHealed {
+                duration_ms: 0,
+                ours: vec![],
+                theirs: vec![],
+            },
+            Alert::NodeReaped {
+                node: node(),
+                forgotten: false,
+            },
+            Alert::LeaderChanged {
+                old: None,
+                new: None,
+                epoch: 0,
+            },
+            Alert::DualLeader { leaders: vec![] },
+            Alert::PersistFailed {
+                what: String::new(),
+                error: String::new(),
+            },
+            Alert::GossipRestarted {
+                reason: String::new(),
+            },
+        ];
+        for a in &all {
+            match a {
+                Alert::NodeJoined { .. }
+                | Alert::NodeFailed { .. }
+                | Alert::NodeLeft { .. }
+                | Alert::VersionRejected { .. }
+                | Alert::NodeIdConflict { .. }
+                | Alert::SplitBrainSuspected { .. }
+                | Alert::QuorumLost { .. }
+                | Alert::QuorumRegained { .. }
+                | Alert::SplitBrainHealed { .. }
+                | Alert::NodeReaped { .. }
+                | Alert::LeaderChanged { .. }
+                | Alert::DualLeader { .. }
+                | Alert::PersistFailed { .. }
+                | Alert::GossipRestarted { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn kinds_lists_every_variant_once() {
+        let kinds: Vec<&str> = one_of_each().iter().map(Alert::kind).collect();
+        assert_eq!(kinds, KINDS);
     }
 }

@@ -26,13 +26,9 @@ pub mod keys {
     pub const LOAD: &str = "load";
     /// Prefix of one key per tag: `tag:read_only`.
     pub const TAG_PREFIX: &str = "tag:";
-    /// The node this node votes for as leader and a sequence number it bumps every few gossip
-    /// rounds, `n3#17` (`#17`: no vote). See [`super::vote_value`].
-    pub const VOTE: &str = "vote";
-    /// The epoch of the leadership this node claims (empty: not leading).
-    pub const LEAD: &str = "lead";
-    /// The largest fencing epoch this node has seen.
-    pub const EPOCH: &str = "epoch";
+    /// This node's Raft identity, the Raft cluster it belongs to and its bootstrap vote,
+    /// `raft_id/cluster/vote` in hex (0: none yet). See [`super::RaftKey`].
+    pub const RAFT: &str = "raft";
     /// Prefix of one key per peer this node refused at the hello: `refused:<node>` =
     /// `<addr> <reason>` (empty once forgotten).
     pub const REFUSED_PREFIX: &str = "refused:";
@@ -111,14 +107,8 @@ pub struct Published {
     pub state: NodeState,
     pub tags: BTreeMap<String, String>,
     pub load: Option<Load>,
-    /// Whom this node votes for as leader.
-    pub vote: Option<NodeId>,
-    /// The sequence number of the vote: it moves while the voter is heard from.
-    pub vote_seq: u64,
-    /// The epoch of the leadership this node claims.
-    pub lead: Option<u64>,
-    /// The largest epoch this node has seen.
-    pub epoch: u64,
+    /// Its Raft identity, once published.
+    pub raft: Option<RaftKey>,
     /// Peers this node refused at the hello: node id -> (address, reason).
     pub refused: BTreeMap<NodeId, (SocketAddr, String)>,
 }
@@ -176,9 +166,7 @@ impl Published {
                 self.state = value.and_then(NodeState::parse).unwrap_or_default();
             }
             keys::LOAD => self.load = value.and_then(Load::parse),
-            keys::VOTE => (self.vote, self.vote_seq) = value.map_or((None, 0), parse_vote),
-            keys::LEAD => self.lead = value.and_then(|v| v.parse().ok()),
-            keys::EPOCH => self.epoch = value.map_or(0, |v| v.parse().unwrap_or(0)),
+            keys::RAFT => self.raft = value.and_then(RaftKey::parse),
             _ => return false,
         }
         true
@@ -209,26 +197,40 @@ impl Published {
     }
 }
 
-/// The `vote` value: the candidate (none: empty) and the sequence number, `n3#17`.
-///
-/// A leader counts a vote only while its sequence number keeps moving: the key-values of a
-/// node arrive only over links that work both ways, while its heartbeat can also arrive alone
-/// (in a SYN's digest) over a link that works one way, so a heartbeat says "alive", not "still
-/// votes for you".
-pub fn vote_value(candidate: Option<&str>, seq: u64) -> String {
-    format!("{}#{seq}", candidate.unwrap_or(""))
+/// The `raft` value: which Raft node this node is (its data dir's identity) and which Raft
+/// cluster it belongs to. Gossip only introduces nodes to Raft: who leads is Raft's answer,
+/// never a gossip key, so a stale claim relayed by gossip cannot show a leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftKey {
+    pub raft_id: u64,
+    /// 0: not in a cluster yet.
+    pub cluster_id: u64,
+    /// The Raft id it votes for to start a cluster (0: none; see
+    /// `consensus::bootstrap`).
+    pub vote: u64,
 }
 
-/// The inverse of [`vote_value`]; a value without `#` is a candidate with sequence 0.
-fn parse_vote(value: &str) -> (Option<NodeId>, u64) {
-    let (candidate, seq) = match value.rsplit_once('#') {
-        Some((c, s)) => match s.parse() {
-            Ok(seq) => (c, seq),
-            Err(_) => (value, 0),
-        },
-        None => (value, 0),
-    };
-    ((!candidate.is_empty()).then(|| candidate.to_string()), seq)
+impl RaftKey {
+    pub fn to_value(self) -> String {
+        format!("{:x}/{:x}/{:x}", self.raft_id, self.cluster_id, self.vote)
+    }
+
+    /// The inverse of [`RaftKey::to_value`]; a Raft id of 0 is no identity.
+    pub fn parse(value: &str) -> Option<RaftKey> {
+        let mut parts = value.split('/');
+        let mut hex = || u64::from_str_radix(parts.next()?, 16).ok();
+        let raft_id = hex().filter(|id| *id != 0)?;
+        let cluster_id = hex()?;
+        let vote = hex()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(RaftKey {
+            raft_id,
+            cluster_id,
+            vote,
+        })
+    }
 }
 
 /// How this node sees another.
@@ -341,9 +343,7 @@ mod tests {
                 keys::START_MS,
                 keys::STATE,
                 keys::LOAD,
-                keys::VOTE,
-                keys::LEAD,
-                keys::EPOCH,
+                keys::RAFT,
                 "tag:zone",
                 "refused:n9",
             ])
@@ -368,13 +368,29 @@ mod tests {
     }
 
     #[test]
-    fn vote_round_trips_with_its_sequence() {
-        for (candidate, seq) in [(Some("n3"), 17), (None, 4), (Some("a#b"), 0)] {
-            let p = Published::from_pairs([(keys::VOTE, vote_value(candidate, seq).as_str())]);
-            assert_eq!((p.vote.as_deref(), p.vote_seq), (candidate, seq));
+    fn raft_key_round_trips_and_refuses_junk() {
+        for (raft_id, cluster_id, vote) in [(1, 0, 0), (u64::MAX, u64::MAX, 3), (0xabc, 7, 1)] {
+            let k = RaftKey {
+                raft_id,
+                cluster_id,
+                vote,
+            };
+            let p = Published::from_pairs([(keys::RAFT, k.to_value().as_str())]);
+            assert_eq!(p.raft, Some(k));
         }
-        let p = Published::from_pairs([(keys::VOTE, "n3")]);
-        assert_eq!((p.vote.as_deref(), p.vote_seq), (Some("n3"), 0));
+        for junk in [
+            "",
+            "0/1/0",
+            "1",
+            "1/2",
+            "x/1/0",
+            "1//0",
+            "1/-2/0",
+            "1/2/3/4",
+            "10000000000000000/1/0",
+        ] {
+            assert_eq!(RaftKey::parse(junk), None, "{junk}");
+        }
     }
 
     #[test]
@@ -420,18 +436,16 @@ mod tests {
     fn applying_a_changed_key_equals_parsing_again() {
         let fp = Fingerprint::compute(1, "3.2", &[]);
         let mut base = Published::identity_pairs(&fp, 42);
-        base.push((keys::VOTE.into(), vote_value(Some("n1"), 3)));
+        base.push((keys::RAFT.into(), "a/0/0".into()));
         base.push((keys::LOAD.into(), "0.50,0.25,2".into()));
         let some = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
         apply_matches_a_full_parse(
             &base,
             &[
-                some(keys::VOTE, "n2#4"),
-                some(keys::VOTE, "#5"),
+                some(keys::RAFT, "a/b/0"),
+                some(keys::RAFT, "junk"),
                 some(keys::LOAD, "junk"),
-                some(keys::LEAD, "7"),
-                (keys::LEAD.to_string(), None),
-                some(keys::EPOCH, "x"),
+                (keys::RAFT.to_string(), None),
                 some(keys::STATE, "draining"),
                 (keys::STATE.to_string(), None),
                 some(keys::APP_VERSION, "3.3"),

@@ -18,10 +18,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, RejectCause};
+use crate::consensus::{
+    self, Consensus, ConsensusConfig, MessageError, Output, PeerFacts, RaftDisk, RaftTiming,
+    RaftWrite, Sender,
+};
 use crate::fingerprint::{CompatPolicy, Fingerprint};
-use crate::leader::{Election, ElectionInput, ElectionOutput};
 use crate::load::{LoadPolicy, LoadTracker};
-use crate::member::{keys, Member, NodeId, NodeState, Published, Status};
+use crate::member::{keys, Member, NodeId, NodeState, Published, RaftKey, Status};
 use crate::quorum::{self, Partition};
 use crate::roster::{Roster, RosterEntry};
 use crate::split::{SplitDetector, SplitOutput};
@@ -42,25 +45,44 @@ pub struct NodeConfig {
     pub policy: CompatPolicy,
     /// A live node whose heartbeat has not moved for this long is shown `suspect`.
     pub suspect_after: Duration,
-    /// Floor of the roster size for quorum (`--expect`).
+    /// Nodes to see before a new cluster bootstraps (`--expect`); also the floor of the roster
+    /// size for quorum before the cluster has voters.
     pub expect: usize,
     pub load: LoadPolicy,
     /// Failures closer together than this are one split-brain alert, not several.
     pub split_window: Duration,
-    /// A member dead this long is removed from the roster by a node with quorum.
+    /// A member dead this long is removed from the roster by a node with quorum, and a voter
+    /// down this long is replaced.
     pub reap_after: Duration,
-    /// How long a vote counts after the voter was last heard from; voters wait twice this
-    /// before moving their vote from a silent leader.
-    pub lease: Duration,
+    /// This data dir's identity in Raft (never 0): a node whose data dir was wiped is a new
+    /// member.
+    pub raft_id: u64,
+    /// At most this many voters (`--voters`, odd).
+    pub voters: usize,
+    pub raft_timing: RaftTiming,
+    /// Seeds Raft's election timeouts and the cluster id (the simulator replays exactly).
+    pub seed: u64,
 }
 
 impl NodeConfig {
-    /// Timings derived from the gossip interval (docs/leader.md explains the numbers).
-    pub fn timings(gossip_interval: Duration) -> (Duration, Duration, Duration) {
+    /// Timings derived from the gossip interval (docs/leader.md explains the numbers):
+    /// `(suspect_after, split_window)`.
+    pub fn timings(gossip_interval: Duration) -> (Duration, Duration) {
         let suspect_after = gossip_interval * 4;
         let split_window = (gossip_interval * 3).max(Duration::from_secs(2));
-        let lease = (gossip_interval * 4).max(Duration::from_secs(2));
-        (suspect_after, split_window, lease)
+        (suspect_after, split_window)
+    }
+
+    fn consensus(&self) -> ConsensusConfig {
+        ConsensusConfig {
+            node_id: self.node_id.clone(),
+            raft_id: self.raft_id,
+            addr: self.advertise_addr,
+            max_voters: self.voters,
+            expect: self.expect,
+            timing: self.raft_timing,
+            seed: self.seed,
+        }
     }
 }
 
@@ -73,16 +95,33 @@ pub enum Effect {
     Alert(Alert),
     /// Write the roster to the data dir (atomically).
     PersistRoster(Vec<RosterEntry>),
-    /// Write the largest epoch seen to the data dir, then confirm it with
-    /// [`Node::handle_epoch_persisted`]: no leadership takes an unconfirmed epoch.
-    PersistEpoch(u64),
+    /// Send a Raft message to this node (its gossip address), over the peer channel.
+    RaftSend {
+        node_id: NodeId,
+        addr: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Make this durable in the Raft log before carrying out any later effect; a failure is
+    /// reported with [`Node::handle_raft_persist_failed`].
+    RaftPersist(RaftWrite),
+    /// Read the Raft log again and hand it to [`Node::handle_raft_reload`]: Raft stopped after
+    /// a failure and starts over from what is durable.
+    RaftReload,
     /// Quorum was just lost: run `--on-split-brain`, or exit with `--panic-exit`.
     SplitBrain {
         reachable: Vec<NodeId>,
         unreachable: Vec<NodeId>,
     },
-    /// This node became leader: start scheduled tasks with this fencing epoch.
-    LeadershipAcquired { epoch: u64 },
+    /// This node leads with this fencing epoch (the Raft term) and holds the lease until
+    /// `until`: scheduled tasks may start from `tasks_from` (every earlier lease plus the task
+    /// grace has run out by then) and must be stopped at `until` unless renewed.
+    LeadershipAcquired {
+        epoch: u64,
+        until: Instant,
+        tasks_from: Instant,
+    },
+    /// The lease now runs to `until`.
+    LeaseRenewed { until: Instant },
     /// This node stopped leading: stop scheduled tasks now.
     LeadershipLost { epoch: u64 },
 }
@@ -112,6 +151,48 @@ pub struct NodeStatus {
     pub leader: Option<NodeId>,
     pub epoch: u64,
     pub state: NodeState,
+    /// This node in Raft.
+    #[serde(default)]
+    pub raft: RaftStatus,
+}
+
+/// This node's part in Raft, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    pub role: RaftRole,
+    /// The Raft cluster, in hex (empty: none yet).
+    pub cluster: String,
+    pub term: u64,
+    pub commit: u64,
+    /// The index of the last applied voter change.
+    pub conf_index: u64,
+    /// The agreed voters, by node id.
+    pub voters: Vec<NodeId>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftRole {
+    /// Not in a cluster yet (or Raft stopped after a data dir failure).
+    #[default]
+    None,
+    /// In the cluster, not a voter.
+    Learner,
+    Follower,
+    Candidate,
+    Leader,
+}
+
+impl RaftRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftRole::None => "none",
+            RaftRole::Learner => "learner",
+            RaftRole::Follower => "follower",
+            RaftRole::Candidate => "candidate",
+            RaftRole::Leader => "leader",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -130,7 +211,13 @@ pub struct Node {
     /// Since when each roster member has been down, for reaping.
     down_since: HashMap<NodeId, Instant>,
     split: SplitDetector,
-    election: Election,
+    consensus: Consensus,
+    /// What gossip last said of the other nodes, for Raft's timeouts between gossip steps.
+    peer_facts: Vec<PeerFacts>,
+    /// The `raft` key as last published.
+    published_raft: Option<RaftKey>,
+    /// The time of the last call: getters judge the lease against it.
+    now: Instant,
     /// Kept current with the roster and the view: it is read on every tick and every status.
     quorum: quorum::QuorumAssessment,
     effects: VecDeque<Effect>,
@@ -139,14 +226,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// `roster`, `state` and `epoch` are what the data dir remembered; this node is always part
+    /// `roster`, `state` and `raft` are what the data dir remembered; this node is always part
     /// of its own roster.
     pub fn new(
         now: Instant,
         config: NodeConfig,
         mut roster: Roster,
         state: NodeState,
-        epoch: u64,
+        raft: &RaftDisk,
     ) -> Node {
         let mut effects = VecDeque::new();
         if roster.upsert(&config.node_id, config.advertise_addr) {
@@ -156,16 +243,16 @@ impl Node {
             key: keys::STATE.into(),
             value: state.as_str().into(),
         });
-        effects.push_back(Effect::Publish {
-            key: keys::EPOCH.into(),
-            value: epoch.to_string(),
-        });
+        let consensus = Consensus::new(now, config.consensus(), raft);
         let view = MemberView::default();
-        let quorum = assess_quorum(&view, &roster, &config);
-        Node {
+        let quorum = assess_quorum(&view, &roster, &config, &consensus);
+        let mut node = Node {
             load: LoadTracker::new(config.load.clone()),
             split: SplitDetector::new(config.split_window),
-            election: Election::new(now, config.lease, epoch),
+            consensus,
+            peer_facts: Vec::new(),
+            published_raft: None,
+            now,
             down_since: HashMap::new(),
             refused: HashMap::new(),
             conflicts: HashMap::new(),
@@ -177,7 +264,9 @@ impl Node {
             quorum,
             effects,
             persist_failing: false,
-        }
+        };
+        node.drain_consensus();
+        node
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -187,6 +276,7 @@ impl Node {
     /// A full gossip snapshot: every incarnation chitchat knows, this node's included. Also
     /// the clock tick: held failures, leases and reaping are judged here.
     pub fn handle_gossip(&mut self, now: Instant, observations: &[Observation]) {
+        self.now = now;
         let expired: Vec<NodeId> = self
             .refused
             .iter()
@@ -268,7 +358,13 @@ impl Node {
         let quorum = self.quorum;
         // The detector mostly has nothing to watch: then the sides need not be built.
         if !self.split.idle(&quorum) {
-            let roster_ids: BTreeSet<NodeId> = self.roster.ids().cloned().collect();
+            // Alerts count the agreed voters, as quorum does, once there are any.
+            let voters = self.consensus.voters();
+            let roster_ids: BTreeSet<NodeId> = if voters.is_empty() {
+                self.roster.ids().cloned().collect()
+            } else {
+                voters.into_iter().collect()
+            };
             let up = self.up_ids();
             for output in self.split.poll(now, &roster_ids, &up, &quorum) {
                 self.effects.push_back(match output {
@@ -283,50 +379,108 @@ impl Node {
                 });
             }
         }
-        self.run_election(now, &quorum);
+        self.peer_facts = peer_facts(&self.view, &self.config.node_id);
+        self.run_consensus(now);
     }
 
-    fn run_election(&mut self, now: Instant, q: &quorum::QuorumAssessment) {
-        let input = ElectionInput {
-            now,
-            self_id: &self.config.node_id,
-            view: &self.view,
-            roster: &self.roster,
-            counted: q.counted,
-            quorum: q.quorum && q.partition == Partition::Majority,
-            self_state: self.state,
-        };
-        for output in self.election.step(&input) {
-            let effect = match output {
-                ElectionOutput::Vote { candidate, seq } => Effect::Publish {
-                    key: keys::VOTE.into(),
-                    value: crate::member::vote_value(candidate.as_deref(), seq),
-                },
-                ElectionOutput::PersistEpoch(e) => Effect::PersistEpoch(e),
-                ElectionOutput::MaxEpoch(e) => Effect::Publish {
-                    key: keys::EPOCH.into(),
-                    value: e.to_string(),
-                },
-                ElectionOutput::Acquired { epoch } => {
-                    self.effects.push_back(Effect::Publish {
-                        key: keys::LEAD.into(),
-                        value: epoch.to_string(),
-                    });
-                    Effect::LeadershipAcquired { epoch }
-                }
-                ElectionOutput::Lost { epoch } => {
-                    self.effects.push_back(Effect::Publish {
-                        key: keys::LEAD.into(),
-                        value: String::new(),
-                    });
-                    Effect::LeadershipLost { epoch }
-                }
-                ElectionOutput::Alert(a) => Effect::Alert(a),
-            };
-            self.effects.push_back(effect);
+    /// Raft's clock, between gossip steps: call at [`Node::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.run_consensus(now);
+    }
+
+    /// When the node next needs [`Node::handle_timeout`] (Raft's tick, the lease's end) or a
+    /// gossip step (the split window).
+    pub fn poll_timeout(&self) -> Instant {
+        let raft = self.consensus.poll_timeout();
+        match self.split.next_deadline() {
+            Some(split) => raft.min(split),
+            None => raft,
         }
-        let leader = self.election.observed_leader().map(|(n, _)| n);
-        self.view.set_leader(leader);
+    }
+
+    /// A Raft message from a peer. An error says why it was dropped; nothing changed then.
+    pub fn handle_raft_message(
+        &mut self,
+        now: Instant,
+        from: &Sender<'_>,
+        bytes: &[u8],
+    ) -> Result<(), MessageError> {
+        self.now = now;
+        let result = self.consensus.handle_message(now, from, bytes);
+        self.drain_consensus();
+        result
+    }
+
+    /// The last [`Effect::RaftPersist`] could not be written: Raft stops until the log is read
+    /// again ([`Effect::RaftReload`]).
+    pub fn handle_raft_persist_failed(&mut self, error: &str) {
+        self.consensus.handle_persist_failed(error);
+        self.drain_consensus();
+    }
+
+    /// The Raft log as read again after [`Effect::RaftReload`].
+    pub fn handle_raft_reload(&mut self, now: Instant, disk: &RaftDisk) {
+        self.now = now;
+        self.consensus.handle_reload(now, disk);
+        self.drain_consensus();
+    }
+
+    fn run_consensus(&mut self, now: Instant) {
+        let may_lead = self.state == NodeState::Active
+            && self
+                .view
+                .get(&self.config.node_id)
+                .is_none_or(crate::leader::may_lead);
+        self.consensus
+            .handle_timeout(now, &self.peer_facts, may_lead);
+        self.drain_consensus();
+    }
+
+    /// Turns Raft's outputs into effects, in order, and shows what changed.
+    fn drain_consensus(&mut self) {
+        while let Some(output) = self.consensus.poll_output() {
+            self.effects.push_back(match output {
+                Output::Send {
+                    node_id,
+                    addr,
+                    bytes,
+                } => Effect::RaftSend {
+                    node_id,
+                    addr,
+                    bytes,
+                },
+                Output::Persist(w) => Effect::RaftPersist(w),
+                Output::Reload => Effect::RaftReload,
+                Output::LeaseAcquired {
+                    term,
+                    until,
+                    tasks_from,
+                } => Effect::LeadershipAcquired {
+                    epoch: term,
+                    until,
+                    tasks_from,
+                },
+                Output::LeaseRenewed { until } => Effect::LeaseRenewed { until },
+                Output::LeaseLost { term } => Effect::LeadershipLost { epoch: term },
+                Output::Alert(a) => Effect::Alert(a),
+            });
+        }
+        let key = RaftKey {
+            raft_id: self.config.raft_id,
+            cluster_id: self.consensus.cluster_id(),
+            vote: self.consensus.bootstrap_vote(),
+        };
+        if self.published_raft != Some(key) {
+            self.published_raft = Some(key);
+            self.effects.push_back(Effect::Publish {
+                key: keys::RAFT.into(),
+                value: key.to_value(),
+            });
+            self.quorum = self.assess_quorum();
+        }
+        let leader = self.consensus.leader().map(str::to_string);
+        self.view.set_leader(leader.as_deref());
     }
 
     /// Removes members down for longer than `reap_after`; only a node on the majority side
@@ -355,15 +509,7 @@ impl Node {
         changed
     }
 
-    /// The transport refused a peer at its hello (another cluster or version). It is shown as
-    /// `rejected` with the reason; the alert is raised on the next gossip call, once per reason.
-    /// The data dir wrote `epoch` (after [`Effect::PersistEpoch`]).
-    pub fn handle_epoch_persisted(&mut self, epoch: u64) {
-        self.election.epoch_persisted(epoch);
-    }
-
     /// The data dir refused to write `what`: say so loudly, once per run of failures.
-    /// Leadership waits for a confirmed epoch, so a failed epoch write never leads.
     pub fn handle_persist_failed(&mut self, what: &str, error: &str) {
         if !self.persist_failing {
             self.persist_failing = true;
@@ -413,6 +559,8 @@ impl Node {
         }));
     }
 
+    /// The transport refused a peer at its hello (another cluster or version). It is shown as
+    /// `rejected` with the reason; the alert is raised on the next gossip call, once per reason.
     pub fn handle_refused_peer(
         &mut self,
         now: Instant,
@@ -436,8 +584,9 @@ impl Node {
             .insert(node_id.to_string(), (addr, reason.to_string(), now));
     }
 
-    /// `chorus forget NODE`: removes a dead member from the roster at once.
-    pub fn handle_forget(&mut self, node: &str) -> Result<(), ForgetError> {
+    /// `chorus forget NODE`: removes a dead member from the roster at once, and from the
+    /// voters through Raft (retried until a majority of the voters commits it).
+    pub fn handle_forget(&mut self, now: Instant, node: &str) -> Result<(), ForgetError> {
         if node == self.config.node_id {
             return Err(ForgetError::Itself);
         }
@@ -449,6 +598,10 @@ impl Node {
         }
         self.roster.remove(node);
         self.down_since.remove(node);
+        if self.consensus.voters().iter().any(|v| v == node) {
+            let _ = self.consensus.request_removal(now, node);
+            self.drain_consensus();
+        }
         self.quorum = self.assess_quorum();
         self.effects.push_back(Effect::Alert(Alert::NodeReaped {
             node: node.to_string(),
@@ -483,39 +636,52 @@ impl Node {
     }
 
     /// `draining` or `active`; returns whether it changed. Leaving is [`Node::handle_leave`].
-    pub fn handle_set_state(&mut self, state: NodeState) -> bool {
+    pub fn handle_set_state(&mut self, now: Instant, state: NodeState) -> bool {
         if state == NodeState::Left || self.state == state || self.state == NodeState::Left {
             return false;
         }
+        self.now = now;
         self.state = state;
-        if state != NodeState::Active {
-            self.step_down();
+        if state == NodeState::Active {
+            self.consensus.resume();
+        } else {
+            self.step_down(now);
         }
         self.publish_state();
         true
     }
 
     /// A graceful stop: tells the others at once instead of letting them wait for the failure
-    /// detector.
-    pub fn handle_leave(&mut self) {
+    /// detector. The node stays a voter (a restart is not a removal).
+    pub fn handle_leave(&mut self, now: Instant) {
         if self.state != NodeState::Left {
+            self.now = now;
             self.state = NodeState::Left;
-            self.step_down();
+            self.step_down(now);
             self.publish_state();
         }
     }
 
-    /// Stops leading before telling the others this node is no longer eligible, so voters
-    /// may move at once.
-    fn step_down(&mut self) {
-        if let Some(epoch) = self.election.leading() {
-            self.election.force_step_down();
-            self.effects.push_back(Effect::Publish {
-                key: keys::LEAD.into(),
-                value: String::new(),
-            });
-            self.effects.push_back(Effect::LeadershipLost { epoch });
-        }
+    /// `chorus leave --permanent`: asks Raft to remove this node from the voters (the leader
+    /// hands over first when it is this node). [`Node::is_removed`] says when it is done.
+    pub fn handle_remove_self(&mut self, now: Instant) -> Result<(), consensus::RequestError> {
+        self.now = now;
+        let node = self.config.node_id.clone();
+        let result = self.consensus.request_removal(now, &node);
+        self.drain_consensus();
+        result
+    }
+
+    /// Whether this node is out of the voters (after [`Node::handle_remove_self`]).
+    pub fn is_removed(&self) -> bool {
+        self.consensus.is_removed(&self.config.node_id)
+    }
+
+    /// Drops the lease and hands leadership over before telling the others this node is no
+    /// longer eligible.
+    fn step_down(&mut self, now: Instant) {
+        self.consensus.relinquish(now);
+        self.drain_consensus();
     }
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
@@ -555,13 +721,38 @@ impl Node {
             roster: self.roster.len(),
             quorum: q.quorum,
             partition: q.partition,
-            leader: self.election.observed_leader().map(|(n, _)| n.to_string()),
-            epoch: self
-                .election
-                .observed_leader()
-                .map_or(self.election.max_epoch(), |(_, e)| e),
+            leader: self.consensus.leader().map(str::to_string),
+            epoch: self.consensus.term(),
             state: self.state,
+            raft: self.raft_status(),
         }
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        let c = &self.consensus;
+        let role = match c.role() {
+            None => RaftRole::None,
+            Some(_) if !c.is_voter() => RaftRole::Learner,
+            Some(raft::StateRole::Leader) => RaftRole::Leader,
+            Some(raft::StateRole::Candidate | raft::StateRole::PreCandidate) => RaftRole::Candidate,
+            Some(raft::StateRole::Follower) => RaftRole::Follower,
+        };
+        RaftStatus {
+            role,
+            cluster: match c.cluster_id() {
+                0 => String::new(),
+                id => format!("{id:x}"),
+            },
+            term: c.term(),
+            commit: c.commit(),
+            conf_index: c.conf_index(),
+            voters: c.voters(),
+        }
+    }
+
+    /// The consensus state, for the simulator's checker and debugging.
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
     }
 
     pub fn quorum(&self) -> quorum::QuorumAssessment {
@@ -569,7 +760,7 @@ impl Node {
     }
 
     fn assess_quorum(&self) -> quorum::QuorumAssessment {
-        assess_quorum(&self.view, &self.roster, &self.config)
+        assess_quorum(&self.view, &self.roster, &self.config, &self.consensus)
     }
 
     /// How long since each peer's heartbeat last moved (the failure detector's input).
@@ -583,19 +774,15 @@ impl Node {
             })
     }
 
-    /// The epoch this node leads with, if it leads.
+    /// The epoch this node leads with, if it holds the lease as of the last call.
     pub fn leading(&self) -> Option<u64> {
-        self.election.leading()
+        self.consensus.held(self.now).map(|h| h.term)
     }
 
-    /// The leader this node sees, and its epoch.
+    /// The Raft leader this node follows (or is), and the term.
     pub fn leader(&self) -> Option<(&str, u64)> {
-        self.election.observed_leader()
-    }
-
-    /// When the node next needs a call even if gossip says nothing new.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.split.next_deadline()
+        let term = self.consensus.term();
+        self.consensus.leader().map(|l| (l, term))
     }
 
     fn publish_state(&mut self) {
@@ -615,20 +802,56 @@ impl Node {
     }
 }
 
-/// [`quorum::assess`] over the roster and the members up in the view (this node always),
-/// counted in place.
+/// [`quorum::assess`] over the agreed voters once the node is in a Raft cluster (the roster
+/// before: a node that has not joined is `forming`), counting the members up in the view (this
+/// node always), in place.
 fn assess_quorum(
     view: &MemberView,
     roster: &Roster,
     config: &NodeConfig,
+    consensus: &Consensus,
 ) -> quorum::QuorumAssessment {
-    let (mut up, mut lowest_up) = (0, None);
-    for (id, in_view) in view.up_among(roster.ids()) {
-        let is_up = in_view || *id == config.node_id;
-        up += usize::from(is_up);
-        lowest_up.get_or_insert(is_up);
+    let voters = consensus.voters();
+    let count = |ids: &mut dyn Iterator<Item = (&NodeId, bool)>| {
+        let (mut up, mut lowest_up) = (0, None);
+        for (id, in_view) in ids {
+            let is_up = in_view || *id == config.node_id;
+            up += usize::from(is_up);
+            lowest_up.get_or_insert(is_up);
+        }
+        (up, lowest_up.unwrap_or(false))
+    };
+    if voters.is_empty() {
+        let (up, lowest_up) = count(&mut view.up_among(roster.ids()));
+        let mut q = quorum::decide(roster.len(), up, lowest_up, config.expect);
+        q.quorum = false;
+        q.partition = Partition::Forming;
+        return q;
     }
-    quorum::decide(roster.len(), up, lowest_up.unwrap_or(false), config.expect)
+    let (up, lowest_up) = count(&mut view.up_among(voters.iter()));
+    quorum::decide(voters.len(), up, lowest_up, 0)
+}
+
+/// What the view says of every other node, for Raft: its identity, whether it is up, and
+/// whether it may vote and lead.
+fn peer_facts(view: &MemberView, self_id: &str) -> Vec<PeerFacts> {
+    view.entries()
+        .filter(|(m, _)| m.node_id != self_id)
+        .filter_map(|(m, seen)| {
+            let raft = seen?.raft?;
+            Some(PeerFacts {
+                node_id: m.node_id.clone(),
+                addr: m.addr,
+                raft_id: raft.raft_id,
+                cluster_id: raft.cluster_id,
+                up: m.status.is_up(),
+                compatible: m.status != Status::Rejected,
+                active: m.state == NodeState::Active,
+                may_lead: crate::leader::may_lead(m),
+                bootstrap_vote: raft.vote,
+            })
+        })
+        .collect()
 }
 
 /// The peers to show as refused, in the order their refusals count: this node's own first,

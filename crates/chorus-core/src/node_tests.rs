@@ -26,7 +26,10 @@ fn config(id: &str, port: u16) -> NodeConfig {
         load: LoadPolicy::default(),
         split_window: Duration::from_secs(2),
         reap_after: Duration::from_secs(600),
-        lease: Duration::from_secs(2),
+        raft_id: u64::from(port) + 1000,
+        voters: 5,
+        raft_timing: RaftTiming::new(Duration::from_secs(600)),
+        seed: 1,
     }
 }
 
@@ -72,7 +75,13 @@ fn status_of(node: &Node, id: &str) -> Status {
 #[test]
 fn other_version_is_rejected_once_never_counted_and_not_in_the_roster() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     let snapshot = vec![
         obs("a", 1, 1, true, 1, "1.0", "active"),
         obs("b", 2, 1, true, 1, "1.0", "active"),
@@ -108,7 +117,13 @@ fn other_version_is_rejected_once_never_counted_and_not_in_the_roster() {
 #[test]
 fn refused_peer_is_listed_rejected_with_its_reason() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_refused_peer(t0, "evil", addr(7), "refused at hello: cluster name \"x\"");
     n.handle_gossip(t0, &[obs("a", 1, 1, true, 1, "1.0", "active")]);
     assert!(alerts(&drain(&mut n)).contains(&"version_rejected"));
@@ -118,7 +133,13 @@ fn refused_peer_is_listed_rejected_with_its_reason() {
 #[test]
 fn left_is_left_and_leaves_the_roster() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -143,7 +164,13 @@ fn left_is_left_and_leaves_the_roster() {
 #[test]
 fn restart_with_a_new_generation_is_a_join_and_the_old_one_is_ignored() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -166,7 +193,13 @@ fn restart_with_a_new_generation_is_a_join_and_the_old_one_is_ignored() {
 #[test]
 fn a_still_heartbeat_makes_a_live_node_suspect() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     let snap = [
         obs("a", 1, 1, true, 1, "1.0", "active"),
         obs("b", 2, 1, true, 7, "1.0", "active"),
@@ -181,7 +214,13 @@ fn a_still_heartbeat_makes_a_live_node_suspect() {
 #[test]
 fn forget_refuses_live_nodes_and_removes_dead_ones() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -189,10 +228,10 @@ fn forget_refuses_live_nodes_and_removes_dead_ones() {
             obs("b", 2, 1, true, 1, "1.0", "active"),
         ],
     );
-    assert_eq!(n.handle_forget("b"), Err(ForgetError::Up("b".into())));
-    assert_eq!(n.handle_forget("a"), Err(ForgetError::Itself));
+    assert_eq!(n.handle_forget(t0, "b"), Err(ForgetError::Up("b".into())));
+    assert_eq!(n.handle_forget(t0, "a"), Err(ForgetError::Itself));
     assert_eq!(
-        n.handle_forget("zz"),
+        n.handle_forget(t0, "zz"),
         Err(ForgetError::Unknown("zz".into()))
     );
     n.handle_gossip(
@@ -204,7 +243,7 @@ fn forget_refuses_live_nodes_and_removes_dead_ones() {
     );
     drain(&mut n);
     assert_eq!((n.quorum().up, n.quorum().counted), (1, 2));
-    assert_eq!(n.handle_forget("b"), Ok(()));
+    assert_eq!(n.handle_forget(t0, "b"), Ok(()));
     assert!(!n.roster().contains("b"));
     // Quorum follows the roster at once, not at the next gossip.
     assert_eq!((n.quorum().up, n.quorum().counted), (1, 1));
@@ -229,7 +268,13 @@ fn read_only_nodes_do_not_lead_when_a_task_needs_writes() {
 #[test]
 fn a_refusal_is_published_and_shown_by_the_others() {
     let t0 = Instant::now();
-    let mut refuser = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut refuser = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     refuser.handle_refused_peer(t0, "evil", addr(7), "refused at hello: app version \"9\"");
     let published: Vec<(String, String)> = drain(&mut refuser)
         .into_iter()
@@ -247,7 +292,13 @@ fn a_refusal_is_published_and_shown_by_the_others() {
         .chain(published)
         .collect();
     a.published = Published::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let mut other = Node::new(t0, config("b", 2), Roster::default(), NodeState::Active, 0);
+    let mut other = Node::new(
+        t0,
+        config("b", 2),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     other.handle_gossip(t0, &[a, obs("b", 2, 1, true, 1, "1.0", "active")]);
     assert!(alerts(&drain(&mut other)).contains(&"version_rejected"));
     let evil = other.members().find(|m| m.node_id == "evil").unwrap();
@@ -278,7 +329,13 @@ fn roster_of(ids: &[(&str, u16)]) -> Roster {
 fn a_known_member_back_on_another_version_is_rejected_alerted_and_never_counted() {
     let t0 = Instant::now();
     let roster = roster_of(&[("a", 1), ("b", 2), ("c", 3)]);
-    let mut n = Node::new(t0, config("a", 1), roster, NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        roster,
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     // c stopped gracefully: its last incarnation is `left` in gossip.
     let snapshot = [
         obs("a", 1, 1, true, 1, "1.0", "active"),
@@ -315,7 +372,8 @@ fn a_known_member_back_on_another_version_is_rejected_alerted_and_never_counted(
     // Never counted (it left the roster when it stopped; a crashed member stays in it, down).
     assert!(!n.roster().contains("c"));
     assert_eq!((n.status().alive, n.status().roster), (2, 2));
-    assert!(n.status().quorum);
+    // Quorum itself is Raft's voters' (none formed here); by the roster, both counted are up.
+    assert_eq!((n.quorum().up, n.quorum().counted), (2, 2));
     // Reported once.
     n.handle_gossip(t0 + Duration::from_millis(200), &snapshot);
     assert!(!alerts(&drain(&mut n)).contains(&"version_rejected"));
@@ -325,7 +383,13 @@ fn a_known_member_back_on_another_version_is_rejected_alerted_and_never_counted(
 fn the_upgraded_member_sees_its_old_peers_rejected_and_holds_no_quorum() {
     let t0 = Instant::now();
     let roster = roster_of(&[("a", 1), ("b", 2), ("c", 3)]);
-    let mut c = Node::new(t0, config("c", 3), roster, NodeState::Active, 0);
+    let mut c = Node::new(
+        t0,
+        config("c", 3),
+        roster,
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     // Restarted: gossip knows only itself; the others refuse it (and it refuses them).
     c.handle_refused_peer(t0, "a", addr(1), "refused us at hello: app version \"1.0\"");
     c.handle_refused_peer(t0, "b", addr(2), "refused at hello: app version \"1.0\"");
@@ -340,13 +404,20 @@ fn the_upgraded_member_sees_its_old_peers_rejected_and_holds_no_quorum() {
     assert_eq!(status_of(&c, "b"), Status::Rejected);
     // The roster is not shrunk to the compatible few: alone, it is no majority.
     assert_eq!(c.roster().len(), 3);
+    assert_eq!((c.quorum().up, c.quorum().counted), (1, 3));
     assert!(!c.status().quorum);
 }
 
 #[test]
 fn a_second_agent_with_a_live_id_never_becomes_the_member_nor_makes_it_left() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     n.handle_gossip(
         t0,
         &[
@@ -400,7 +471,13 @@ fn a_second_agent_with_a_live_id_never_becomes_the_member_nor_makes_it_left() {
 #[test]
 fn a_node_id_conflict_is_alerted_once_per_claimant_and_leaves_the_member_alone() {
     let t0 = Instant::now();
-    let mut n = Node::new(t0, config("a", 1), Roster::default(), NodeState::Active, 0);
+    let mut n = Node::new(
+        t0,
+        config("a", 1),
+        Roster::default(),
+        NodeState::Active,
+        &RaftDisk::default(),
+    );
     let snap = [
         obs("a", 1, 1, true, 1, "1.0", "active"),
         obs("b", 2, 5, true, 1, "1.0", "active"),

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fingerprint::{CompatPolicy, Fingerprint};
-use crate::member::{Member, NodeId, NodeState, Published, Status};
+use crate::member::{Member, NodeId, NodeState, Published, RaftKey, Status};
 use crate::roster::Roster;
 
 /// What chitchat knows about one incarnation `(node_id, generation)` of a node, stamped by the
@@ -49,11 +49,8 @@ pub struct Observation {
 pub struct Seen {
     /// When this node last saw the heartbeat move (for itself: now).
     pub last_advance: Instant,
-    pub vote: Option<NodeId>,
-    /// Moves every few rounds while the node is heard from (see [`crate::member::vote_value`]).
-    pub vote_seq: u64,
-    pub lead: Option<u64>,
-    pub epoch: u64,
+    /// Its Raft identity (introduces it to consensus).
+    pub raft: Option<RaftKey>,
 }
 
 /// The fixed facts the view is judged against.
@@ -369,20 +366,12 @@ fn refresh_seen(slot: &mut Option<Seen>, last_advance: Instant, p: &Published) {
     match slot {
         Some(s) => {
             s.last_advance = last_advance;
-            if s.vote != p.vote {
-                s.vote.clone_from(&p.vote);
-            }
-            s.vote_seq = p.vote_seq;
-            s.lead = p.lead;
-            s.epoch = p.epoch;
+            s.raft = p.raft;
         }
         None => {
             *slot = Some(Seen {
                 last_advance,
-                vote: p.vote.clone(),
-                vote_seq: p.vote_seq,
-                lead: p.lead,
-                epoch: p.epoch,
+                raft: p.raft,
             })
         }
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
-use crate::member::{keys, vote_value, Load};
+use crate::member::{keys, Load, RaftKey};
 use crate::roster::RosterEntry;
 
 #[derive(Default)]
@@ -79,10 +79,7 @@ impl Reference {
                 id.to_string(),
                 Seen {
                     last_advance,
-                    vote: obs.published.vote.clone(),
-                    vote_seq: obs.published.vote_seq,
-                    lead: obs.published.lead,
-                    epoch: obs.published.epoch,
+                    raft: obs.published.raft,
                 },
             );
             let fp = obs.published.fingerprint.as_ref();
@@ -151,10 +148,8 @@ struct Inc {
     live: bool,
     heartbeat: u64,
     state: u8,
-    vote: Option<usize>,
-    seq: u64,
-    lead: Option<u64>,
-    epoch: u64,
+    raft_id: Option<usize>,
+    cluster: u64,
     sessions: Option<u64>,
     zone: Option<u8>,
 }
@@ -168,15 +163,13 @@ fn inc() -> impl Strategy<Value = Inc> {
             proptest::bool::weighted(0.8),
             0u64..3,
         ),
-        (0u8..3, proptest::option::of(0usize..6), 0u64..3),
-        (proptest::option::of(0u64..3), 0u64..3),
+        (0u8..3, proptest::option::of(1usize..6), 0u64..3),
         (proptest::option::of(0u64..3), proptest::option::of(0u8..2)),
     )
         .prop_map(
             |(
                 (node, generation, fingerprint, live, heartbeat),
-                (state, vote, seq),
-                (lead, epoch),
+                (state, raft_id, cluster),
                 (sessions, zone),
             )| Inc {
                 node,
@@ -185,10 +178,8 @@ fn inc() -> impl Strategy<Value = Inc> {
                 live,
                 heartbeat,
                 state,
-                vote,
-                seq,
-                lead,
-                epoch,
+                raft_id,
+                cluster,
                 sessions,
                 zone,
             },
@@ -203,11 +194,13 @@ fn observation(i: &Inc) -> Observation {
     };
     let state = ["active", "draining", "left"][i.state as usize];
     pairs.push((keys::STATE.into(), state.into()));
-    let vote = i.vote.map(|v| format!("n{v}"));
-    pairs.push((keys::VOTE.into(), vote_value(vote.as_deref(), i.seq)));
-    pairs.push((keys::EPOCH.into(), i.epoch.to_string()));
-    if let Some(lead) = i.lead {
-        pairs.push((keys::LEAD.into(), lead.to_string()));
+    if let Some(raft_id) = i.raft_id {
+        let key = RaftKey {
+            raft_id: raft_id as u64,
+            cluster_id: i.cluster,
+            vote: 0,
+        };
+        pairs.push((keys::RAFT.into(), key.to_value()));
     }
     if let Some(sessions) = i.sessions {
         let load = Load {

@@ -58,9 +58,28 @@ pub struct NetStats {
     /// Incoming streams stopped because they did not finish within
     /// `QuicTuning::stream_read_timeout` (QUIC only).
     pub streams_timed_out: u64,
-    /// Gauge: bytes held right now for incoming streams being read and for
-    /// received messages waiting for chitchat (QUIC only).
+    /// Gauge: bytes held right now for incoming streams being read, for
+    /// received messages waiting for chitchat and for received Raft messages
+    /// not yet dropped by their reader (QUIC only).
     pub buffered_bytes: u64,
+    /// Raft messages handed to the network (see [`PeerChannel`](crate::PeerChannel)).
+    #[serde(default)]
+    pub raft_messages_sent: u64,
+    /// Raft messages received and queued for the consensus engine.
+    #[serde(default)]
+    pub raft_messages_received: u64,
+    /// Raft payload bytes handed to the network (the stream-kind or datagram
+    /// marker byte not included).
+    #[serde(default)]
+    pub raft_bytes_sent: u64,
+    /// Raft payload bytes read from the network, oversized ones included.
+    #[serde(default)]
+    pub raft_bytes_received: u64,
+    /// Raft messages dropped on either side: no open socket, oversized, the
+    /// peer's queue full, the peer unreachable, a failed or late write, or
+    /// the engine's inbox full.
+    #[serde(default)]
+    pub raft_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +102,11 @@ struct Inner {
     streams_over_budget: AtomicU64,
     streams_timed_out: AtomicU64,
     buffered_bytes: AtomicU64,
+    raft_messages_sent: AtomicU64,
+    raft_messages_received: AtomicU64,
+    raft_bytes_sent: AtomicU64,
+    raft_bytes_received: AtomicU64,
+    raft_dropped: AtomicU64,
 }
 
 /// Shared, lock-free transport counters. Cloning shares the same counters.
@@ -124,6 +148,11 @@ impl NetCounters {
             streams_over_budget: load(&i.streams_over_budget),
             streams_timed_out: load(&i.streams_timed_out),
             buffered_bytes: load(&i.buffered_bytes),
+            raft_messages_sent: load(&i.raft_messages_sent),
+            raft_messages_received: load(&i.raft_messages_received),
+            raft_bytes_sent: load(&i.raft_bytes_sent),
+            raft_bytes_received: load(&i.raft_bytes_received),
+            raft_dropped: load(&i.raft_dropped),
         }
     }
 
@@ -195,6 +224,26 @@ impl NetCounters {
         bump(&self.inner.streams_timed_out, 1);
     }
 
+    /// One Raft message of `len` payload bytes went out.
+    pub(crate) fn raft_sent(&self, len: usize) {
+        bump(&self.inner.raft_bytes_sent, len as u64);
+        bump(&self.inner.raft_messages_sent, 1);
+    }
+
+    /// `len` Raft payload bytes came in (deliverable or not).
+    pub(crate) fn raft_received_bytes(&self, len: usize) {
+        bump(&self.inner.raft_bytes_received, len as u64);
+    }
+
+    /// One Raft message was queued for the engine.
+    pub(crate) fn raft_received_message(&self) {
+        bump(&self.inner.raft_messages_received, 1);
+    }
+
+    pub(crate) fn raft_dropped(&self) {
+        bump(&self.inner.raft_dropped, 1);
+    }
+
     /// `len` more bytes are buffered.
     pub(crate) fn buffered(&self, len: u64) {
         bump(&self.inner.buffered_bytes, len);
@@ -239,6 +288,10 @@ mod tests {
         b.stream_timed_out();
         b.buffered(10);
         b.unbuffered(4);
+        b.raft_sent(3);
+        b.raft_received_bytes(9);
+        b.raft_received_message();
+        b.raft_dropped();
         let s = a.snapshot();
         assert_eq!(
             s,
@@ -261,11 +314,21 @@ mod tests {
                 streams_over_budget: 1,
                 streams_timed_out: 1,
                 buffered_bytes: 6,
+                raft_messages_sent: 1,
+                raft_messages_received: 1,
+                raft_bytes_sent: 3,
+                raft_bytes_received: 9,
+                raft_dropped: 1,
             }
         );
         b.unbuffered(100);
         assert_eq!(a.snapshot().buffered_bytes, 0);
         let json = serde_json::to_value(s).unwrap();
         assert_eq!(json["bytes_sent"], 15);
+        // A snapshot from before the Raft counters still reads.
+        let mut old = json.as_object().unwrap().clone();
+        old.retain(|key, _| !key.starts_with("raft_"));
+        let read: NetStats = serde_json::from_value(old.into()).unwrap();
+        assert_eq!(read.raft_dropped, 0);
     }
 }

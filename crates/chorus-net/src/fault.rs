@@ -14,7 +14,10 @@
 //!   paused test clock drives it).
 //!
 //! Decisions are made when a message is sent, from (sender's listen address,
-//! destination). A delayed message is delivered later even if a partition
+//! destination). Raft messages of the wrapped transport's
+//! [`PeerChannel`](crate::PeerChannel) (QUIC, UDP or [`MemoryNet`](crate::MemoryNet);
+//! chitchat's bare in-memory transport has none) go through the same decisions: a partition cuts Raft
+//! as well as gossip, and a delayed Raft message is sent by a task of its own. A delayed message is delivered later even if a partition
 //! appears meanwhile. Delayed messages are handed to the inner socket by the
 //! wrapper's own `send`/`recv`, which chitchat calls continuously.
 
@@ -30,7 +33,9 @@ use chitchat::ChitchatMessage;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::peer::{PeerSink, PeerTransport};
 
 /// What the controller has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -225,10 +230,54 @@ impl<T: Transport> FaultyTransport<T> {
     }
 }
 
+impl<T: PeerTransport> PeerTransport for FaultyTransport<T> {
+    /// The wrapped transport's channel, whose sends the faults apply to.
+    fn peer_channel(&self) -> Option<&crate::PeerChannel> {
+        self.inner.peer_channel()
+    }
+}
+
+/// Raft sends of one socket, through the controller.
+struct FaultySink {
+    addr: SocketAddr,
+    controller: FaultController,
+    inner: Arc<dyn PeerSink>,
+}
+
+impl PeerSink for FaultySink {
+    fn send(&self, to: SocketAddr, bytes: Vec<u8>) {
+        match self.controller.decide(self.addr, to) {
+            Verdict::Drop => {}
+            Verdict::Deliver => self.inner.send(to, bytes),
+            Verdict::Delay(delay) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let inner = self.inner.clone();
+                    runtime.spawn(async move {
+                        sleep(delay).await;
+                        inner.send(to, bytes);
+                    });
+                }
+                // No runtime to wait on: late is better than lost.
+                Err(_) => self.inner.send(to, bytes),
+            },
+        }
+    }
+}
+
 #[async_trait]
-impl<T: Transport> Transport for FaultyTransport<T> {
+impl<T: Transport + PeerTransport> Transport for FaultyTransport<T> {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         let inner = self.inner.open(listen_addr).await?;
+        if let Some(channel) = self.inner.peer_channel() {
+            // The socket just opened registered its sink: put the faults in front.
+            channel.wrap(|sink| {
+                Arc::new(FaultySink {
+                    addr: listen_addr,
+                    controller: self.controller.clone(),
+                    inner: sink,
+                })
+            });
+        }
         Ok(Box::new(FaultySocket {
             addr: listen_addr,
             inner,

@@ -10,6 +10,8 @@
 //! | [`tls`] | [`ClusterCa`], [`NodeIdentity`], [`TlsMode`]: cluster PKI and rustls configs |
 //! | [`quic`] | [`QuicTransport`]: QUIC + mutual TLS + [`Hello`], per-peer queues; limits and close codes |
 //! | `fault` | [`FaultyTransport`] + [`FaultController`]: partitions, drops, delays for tests |
+//! | `peer` | [`PeerChannel`], [`PeerMessage`]: opaque Raft messages beside gossip, per transport |
+//! | `memory` | [`MemoryNet`]: chitchat's in-memory transport plus in-memory Raft, for in-process tests |
 //! | [`wire`] | the bytes on the wire: chitchat's encoding with a compact digest |
 //!
 //! # Rules every transport here keeps
@@ -24,6 +26,8 @@
 
 mod counters;
 mod fault;
+mod memory;
+mod peer;
 pub mod quic;
 pub mod tls;
 mod udp;
@@ -31,6 +35,10 @@ pub mod wire;
 
 pub use counters::{NetCounters, NetStats};
 pub use fault::{FaultController, FaultStats, FaultyTransport};
+pub use memory::{MemoryNet, MemoryTransport};
+pub use peer::{
+    PeerChannel, PeerMessage, PeerTransport, MAX_RAFT_MESSAGE_SIZE, PEER_INBOX_CAPACITY,
+};
 pub use quic::{
     default_policy, ClaimCheck, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig,
     QuicTransport, QuicTuning, RefusalKind, RejectObserver, RejectedPeer, PROTOCOL_VERSION,

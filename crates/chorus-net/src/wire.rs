@@ -66,6 +66,13 @@ pub const FORMAT_COMPACT: u8 = 0xC1;
 /// Format byte: chitchat's bytes follow the message type unchanged.
 pub const FORMAT_VERBATIM: u8 = 0xC0;
 
+/// First byte of a Raft message where gossip may arrive too: a QUIC stream
+/// or a UDP datagram carrying Raft starts with it, and the Raft bytes follow.
+/// It is neither a format byte nor the first byte of chitchat's magic
+/// number, so [`decode`] refuses it and nothing [`encode`] writes starts with
+/// it: gossip and Raft cannot be taken for one another.
+pub const RAFT_MARKER: u8 = 0xD0;
+
 /// chitchat's header: magic number 45139 (little-endian), protocol version 0.
 const PLAIN_HEADER: [u8; 3] = [0x53, 0xB0, 0];
 const BAD_CLUSTER: u8 = 3;

@@ -916,3 +916,13 @@ proptest! {
         decode_within_bounds(&bytes);
     }
 }
+
+#[test]
+fn the_raft_marker_is_never_gossip() {
+    assert!(![FORMAT_COMPACT, FORMAT_VERBATIM, PLAIN_HEADER[0]].contains(&RAFT_MARKER));
+    for tail in [&[][..], &[0][..], &[FORMAT_VERBATIM, 0, 0x53, 0xB0][..]] {
+        let mut bytes = vec![RAFT_MARKER];
+        bytes.extend_from_slice(tail);
+        assert!(decode(&bytes).is_err());
+    }
+}

@@ -42,7 +42,7 @@ use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
     Snapshot,
 };
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -132,6 +132,8 @@ pub struct PeerFacts {
     /// Active (not draining, not left).
     pub active: bool,
     pub may_lead: bool,
+    /// The Raft id it votes for to start a cluster (0: none; [`bootstrap`]).
+    pub bootstrap_vote: u64,
 }
 
 /// Who sent a Raft message, as the transport knows it.
@@ -249,8 +251,24 @@ pub struct Consensus {
     removals: Vec<u64>,
     last_removal_try: Option<Instant>,
     stopped: bool,
+    /// Whom this node votes for to start a cluster, once chosen (persisted, never changed).
+    bootstrap_vote: u64,
     conflict_reported: Option<u64>,
+    /// What the sends of the Ready being handled must tell raft-rs once it is advanced
+    /// (raft-rs takes no step while a Ready is out).
+    send_reports: Vec<SendReport>,
     out: VecDeque<Output>,
+}
+
+/// A fact about a send that raft-rs must learn after the Ready that produced it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SendReport {
+    /// No address is known for this Raft id.
+    Unreachable(u64),
+    /// A snapshot went out. Delivery is not confirmed (a lost one is sent again once the
+    /// follower, probed, still lags), but until this report raft-rs keeps the follower in
+    /// snapshot state and sends it nothing.
+    SnapshotSent(u64),
 }
 
 impl std::fmt::Debug for Consensus {
@@ -298,7 +316,9 @@ impl Consensus {
             removals: Vec::new(),
             last_removal_try: None,
             stopped: false,
+            bootstrap_vote: 0,
             conflict_reported: None,
+            send_reports: Vec::new(),
             out: VecDeque::new(),
         };
         c.load(disk);
@@ -307,6 +327,8 @@ impl Consensus {
 
     fn load(&mut self, disk: &RaftDisk) {
         if !disk.is_initialized() {
+            // A node not in a cluster keeps only its bootstrap vote, in the hard state's vote.
+            self.bootstrap_vote = disk.hard_state.vote;
             return;
         }
         match NodeStorage::restore(disk) {
@@ -359,6 +381,7 @@ impl Consensus {
         self.drop_lease();
         self.raw = None;
         self.stopped = true;
+        self.send_reports.clear();
         self.out.retain(|o| !matches!(o, Output::Send { .. }));
         self.out.push_back(Output::Alert(Alert::PersistFailed {
             what: "raft".into(),
@@ -373,6 +396,15 @@ impl Consensus {
         &self.cfg
     }
 
+    /// Whom this node votes for to start a cluster (0: none; [`bootstrap`]).
+    pub fn bootstrap_vote(&self) -> u64 {
+        if self.raw.is_some() {
+            0
+        } else {
+            self.bootstrap_vote
+        }
+    }
+
     /// The cluster this node belongs to (0: none yet).
     pub fn cluster_id(&self) -> u64 {
         self.state.cluster_id
@@ -380,6 +412,16 @@ impl Consensus {
 
     pub fn term(&self) -> u64 {
         self.raw.as_ref().map_or(0, |r| r.raft.term)
+    }
+
+    /// This node's Raft role (`None`: not in a cluster, or stopped).
+    pub fn role(&self) -> Option<StateRole> {
+        self.raw.as_ref().map(|r| r.raft.state)
+    }
+
+    /// The commit index this node knows.
+    pub fn commit(&self) -> u64 {
+        self.raw.as_ref().map_or(0, |r| r.raft.raft_log.committed)
     }
 
     /// The Raft leader this node follows (or is), by node id.
@@ -419,6 +461,13 @@ impl Consensus {
             .collect();
         v.sort();
         v
+    }
+
+    /// The Raft ids of the voters, as this node last applied them.
+    pub fn voter_ids(&self) -> Vec<u64> {
+        self.raw
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.raft.prs().conf().to_conf_state().voters)
     }
 
     pub fn is_voter(&self) -> bool {
@@ -684,7 +733,7 @@ impl Consensus {
         if now.saturating_duration_since(self.started) < self.cfg.timing.settle {
             return;
         }
-        let me = Seen {
+        let mut me = Seen {
             raft_id: self.cfg.raft_id,
             info: MemberInfo {
                 node_id: self.cfg.node_id.clone(),
@@ -693,6 +742,7 @@ impl Consensus {
             cluster_id: 0,
             up: true,
             compatible: true,
+            vote: self.bootstrap_vote,
         };
         let others: Vec<Seen> = self
             .peers
@@ -706,8 +756,23 @@ impl Consensus {
                 cluster_id: p.cluster_id,
                 up: p.up,
                 compatible: p.compatible,
+                vote: p.bootstrap_vote,
             })
             .collect();
+        if self.bootstrap_vote == 0 {
+            let Some(vote) = bootstrap::choose_vote(&me, &others, self.cfg.expect) else {
+                return;
+            };
+            // Durable before anyone sees it: a restart must not vote again differently.
+            self.bootstrap_vote = vote;
+            me.vote = vote;
+            let mut hs = raft::eraftpb::HardState::default();
+            hs.vote = vote;
+            self.out.push_back(Output::Persist(RaftWrite {
+                hard_state: Some(hs),
+                ..RaftWrite::default()
+            }));
+        }
         let Some(voters) =
             bootstrap::voters_to_start(&me, &others, self.cfg.expect, self.cfg.max_voters)
         else {
@@ -815,9 +880,13 @@ impl Consensus {
             }
             let persisted = rd.take_persisted_messages();
             self.send_all(persisted);
-            for rs in rd.take_read_states() {
-                self.lease_confirmed(now, &rs.request_ctx);
-            }
+            // Confirmations are handled once the Ready is advanced: what they lead to may
+            // step raft-rs.
+            let confirmed: Vec<Vec<u8>> = rd
+                .take_read_states()
+                .into_iter()
+                .map(|rs| rs.request_ctx)
+                .collect();
             let committed = rd.take_committed_entries();
             self.apply(now, committed);
             let Some(raw) = self.raw.as_mut() else { return };
@@ -837,10 +906,26 @@ impl Consensus {
             self.apply(now, committed);
             let Some(raw) = self.raw.as_mut() else { return };
             raw.advance_apply();
+            self.report_sends();
             self.reseed_election_timeout();
             if let Some(role) = role {
                 self.on_role(now, role);
             }
+            for ctx in confirmed {
+                self.lease_confirmed(now, &ctx);
+            }
+        }
+    }
+
+    /// Tells raft-rs what the sends of the last Ready need it to know.
+    fn report_sends(&mut self) {
+        let reports = std::mem::take(&mut self.send_reports);
+        let Some(raw) = self.raw.as_mut() else { return };
+        for report in reports {
+            let _ = catch_unwind(AssertUnwindSafe(|| match report {
+                SendReport::Unreachable(id) => raw.report_unreachable(id),
+                SendReport::SnapshotSent(id) => raw.report_snapshot(id, SnapshotStatus::Finish),
+            }));
         }
     }
 
@@ -864,16 +949,17 @@ impl Consensus {
                 None => self.peers.get(&to).map(|p| (p.node_id.clone(), p.addr)),
             };
             match target {
-                Some((node_id, addr)) => self.out.push_back(Output::Send {
-                    node_id,
-                    addr,
-                    bytes: envelope::encode(self.state.cluster_id, &m),
-                }),
-                None => {
-                    if let Some(raw) = self.raw.as_mut() {
-                        raw.report_unreachable(to);
+                Some((node_id, addr)) => {
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        self.send_reports.push(SendReport::SnapshotSent(to));
                     }
+                    self.out.push_back(Output::Send {
+                        node_id,
+                        addr,
+                        bytes: envelope::encode(self.state.cluster_id, &m),
+                    })
                 }
+                None => self.send_reports.push(SendReport::Unreachable(to)),
             }
         }
     }
@@ -1068,9 +1154,12 @@ impl Consensus {
         }
         let Some(raw) = self.raw.as_ref() else { return };
         let voters: Vec<u64> = raw.raft.prs().conf().voters().ids().iter().collect();
+        // Up in gossip and answering Raft lately: gossip takes seconds to see a crash, and a
+        // handover to a crashed voter would wait out a whole election timeout.
         let target = voters
             .into_iter()
             .filter(|id| *id != self.cfg.raft_id)
+            .filter(|id| raw.raft.prs().get(*id).is_some_and(|p| p.recent_active))
             .filter(|id| {
                 self.peers
                     .get(id)
@@ -1092,6 +1181,8 @@ impl Consensus {
         if !self.is_leader() || self.relinquish || !self.may_lead || until <= now {
             return;
         }
+        // A lease that ran out since the last call ends here, before any new one begins.
+        self.check_lease(now);
         let term = self.term();
         match self.held {
             Some(h) if h.term == term && now < h.until => {

@@ -32,6 +32,8 @@ struct Net {
     /// Index into `spans` of each node's open lease.
     open: Vec<Option<usize>>,
     may_lead: Vec<bool>,
+    /// Snapshots to each node still to be lost on the way.
+    lose_snapshots: Vec<usize>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -76,6 +78,7 @@ impl Net {
             spans: Vec::new(),
             open: vec![None; n],
             may_lead: vec![true; n],
+            lose_snapshots: vec![0; n],
             cfgs,
         }
     }
@@ -96,6 +99,7 @@ impl Net {
                     compatible: true,
                     active: true,
                     may_lead: self.may_lead[j],
+                    bootstrap_vote: self.nodes[j].as_ref().map_or(0, |c| c.bootstrap_vote()),
                 }
             })
             .collect()
@@ -108,7 +112,11 @@ impl Net {
                     addr: to, bytes, ..
                 } => {
                     let j = (to.port() - 7000) as usize;
-                    if !self.cut.contains(&(i, j)) {
+                    let snapshot = envelope::decode(&bytes)
+                        .is_ok_and(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot);
+                    if snapshot && self.lose_snapshots[j] > 0 {
+                        self.lose_snapshots[j] -= 1;
+                    } else if !self.cut.contains(&(i, j)) {
                         self.flight.push((self.now + LATENCY, i, j, bytes));
                     }
                 }
@@ -264,6 +272,21 @@ fn three_nodes_bootstrap_one_cluster_and_one_lease() {
     for c in net.nodes.iter().flatten() {
         assert_eq!(c.voters(), vec!["n0", "n1", "n2"]);
         assert_eq!(c.leader(), Some(format!("n{leader}").as_str()));
+    }
+}
+
+#[test]
+fn lost_snapshots_are_sent_again() {
+    let mut net = Net::new(3, 3, 5);
+    net.lose_snapshots = vec![2, 2, 2];
+    net.run_until_holder(Duration::from_secs(10));
+    let end = net.now + Duration::from_secs(20);
+    while net.now < end && net.nodes.iter().flatten().any(|c| c.cluster_id() == 0) {
+        net.step();
+    }
+    for (i, c) in net.nodes.iter().flatten().enumerate() {
+        assert_ne!(c.cluster_id(), 0, "n{i} never got the cluster's snapshot");
+        assert_eq!(c.voters(), vec!["n0", "n1", "n2"]);
     }
 }
 

@@ -33,6 +33,14 @@
 //! out: `Publish` into its own key space, `PersistRoster`/`PersistEpoch` onto its "disk",
 //! alerts and leadership intervals into the [`Journal`].
 //!
+//! # Raft
+//! Raft messages travel apart from gossip, as over the agent's QUIC streams: each is delivered
+//! after a random delay of 1 to [`SimConfig::raft_delay_ms`] ms unless its link is cut, it is
+//! lost with the drop probability, or its receiver is down or paused. Between gossip ticks the
+//! clock moves in steps of [`RAFT_STEP`]: due messages are handled and every node whose
+//! `poll_timeout` has come gets `handle_timeout`. `RaftPersist` is applied to the slot's disk at
+//! once (before any later send), so a crash loses nothing that Raft was told is durable.
+//!
 //! Every step is logged (`[   12.300s] partition [n1,n2] | [n3,n4,n5]`) when the simulator is
 //! verbose; run a test with `--nocapture` to see it.
 
@@ -45,6 +53,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use chorus_core::alert::Alert;
+use chorus_core::consensus::{RaftDisk, RaftTiming, Sender};
 use chorus_core::fingerprint::{CompatPolicy, Fingerprint};
 use chorus_core::load::LoadPolicy;
 use chorus_core::member::{NodeState, Published, Status};
@@ -55,6 +64,9 @@ use chorus_core::view::Observation;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+
+/// How far the clock moves at once between gossip ticks, for Raft.
+pub const RAFT_STEP: Duration = Duration::from_millis(20);
 
 /// chitchat's `GOSSIP_COUNT`: live peers contacted per round.
 pub const GOSSIP_COUNT: usize = 3;
@@ -82,9 +94,12 @@ pub struct SimConfig {
     pub fd_timeout: Duration,
     pub suspect_after: Duration,
     pub split_window: Duration,
-    pub lease: Duration,
     pub reap_after: Duration,
     pub expect: usize,
+    /// `--voters`.
+    pub voters: usize,
+    /// Raft messages take 1 to this many ms.
+    pub raft_delay_ms: u64,
     pub seed: u64,
     pub verbose: bool,
 }
@@ -93,16 +108,17 @@ impl SimConfig {
     /// The agent's timings for this gossip interval ([`NodeConfig::timings`]) and a failure
     /// detector that calls a node dead after 8 silent rounds.
     pub fn new(gossip_interval: Duration) -> SimConfig {
-        let (suspect_after, split_window, lease) = NodeConfig::timings(gossip_interval);
+        let (suspect_after, split_window) = NodeConfig::timings(gossip_interval);
         SimConfig {
             gossip_interval,
             ticks_per_round: 2,
             fd_timeout: gossip_interval * 7,
             suspect_after,
             split_window,
-            lease,
             reap_after: secs(600),
-            expect: 0,
+            expect: 3,
+            voters: 5,
+            raft_delay_ms: 10,
             seed: 1,
             verbose: true,
         }
@@ -122,8 +138,14 @@ impl SimConfig {
         self.gossip_interval / self.ticks_per_round
     }
 
-    pub fn vote_wait(&self) -> Duration {
-        self.lease * 2
+    /// Raft's timings for this configuration (as the agent derives them).
+    pub fn raft_timing(&self) -> RaftTiming {
+        RaftTiming::new(self.reap_after)
+    }
+
+    /// The leader lease.
+    pub fn lease(&self) -> Duration {
+        self.raft_timing().lease
     }
 
     /// chitchat's `max_interval` for our gossip interval (the agent's setting).
@@ -153,9 +175,16 @@ pub enum Op {
     Heal,
     /// Stops the node at once (`kill -9`): no more ticks, no more gossip.
     Crash(usize),
-    /// Starts the node again with a larger generation, its persisted roster, state and epoch,
-    /// and an empty gossip store.
+    /// Starts the node again with a larger generation, its persisted roster, state and Raft
+    /// log, and an empty gossip store.
     Restart(usize),
+    /// A graceful stop (SIGTERM): `left` is published and gossiped once, then the node stops.
+    Stop(usize),
+    /// Restarts the node on a wiped data dir: a new Raft identity, no roster.
+    Wipe(usize),
+    /// SIGSTOP: the node does nothing and hears nothing until [`Op::Resume`].
+    Pause(usize),
+    Resume(usize),
     /// Loses this fraction of all messages.
     Drop(f64),
     Advance(Duration),
@@ -191,6 +220,10 @@ impl fmt::Display for Op {
             Op::Heal => write!(f, "heal"),
             Op::Crash(i) => write!(f, "crash {}", name(*i)),
             Op::Restart(i) => write!(f, "restart {}", name(*i)),
+            Op::Stop(i) => write!(f, "stop {} gracefully", name(*i)),
+            Op::Wipe(i) => write!(f, "restart {} on a wiped data dir", name(*i)),
+            Op::Pause(i) => write!(f, "pause {}", name(*i)),
+            Op::Resume(i) => write!(f, "resume {}", name(*i)),
             Op::Drop(p) => write!(f, "drop {:.0}% of messages", p * 100.0),
             Op::Advance(d) => write!(f, "advance {d:?}"),
             Op::Drain(i) => write!(f, "drain {}", name(*i)),
@@ -213,20 +246,39 @@ pub struct AlertRecord {
     pub alert: Alert,
 }
 
-/// One leadership `[start, end)` of one incarnation.
+/// One lease `[start, end)` of one incarnation, as the holder saw it.
 #[derive(Clone, Debug)]
 pub struct Leadership {
     pub node: usize,
     pub generation: u64,
     pub epoch: u64,
     pub start: Duration,
+    /// When the holder dropped it (`None`: still held, or the holder crashed or paused).
     pub end: Option<Duration>,
+    /// The lease's deadline, as last renewed: the holder may act until then even if it
+    /// crashed or paused (its tasks' watchdog kills them at this deadline).
+    pub until: Duration,
+    /// Tasks may start from here.
+    pub tasks_from: Duration,
 }
 
 impl Leadership {
+    /// When the lease stops being valid, as of `now` (an open one still held: `now`).
     pub fn end_or(&self, now: Duration) -> Duration {
-        self.end.unwrap_or(now)
+        match self.end {
+            Some(end) => end.min(self.until),
+            None => self.until.min(now.max(self.start)),
+        }
     }
+}
+
+/// A Raft message on its way.
+#[derive(Clone, Debug)]
+struct Flight {
+    at: Duration,
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -241,8 +293,10 @@ pub struct Journal {
 #[derive(Clone, Debug, Default)]
 struct Disk {
     roster: Vec<RosterEntry>,
-    epoch: u64,
     state: NodeState,
+    raft: RaftDisk,
+    /// The data dir's Raft identity (a wiped data dir gets a new one).
+    raft_id: u64,
 }
 
 /// One key-value snapshot of one incarnation, shared between stores (copy on write).
@@ -323,6 +377,8 @@ pub struct Slot {
     pub last_fault: Duration,
     /// The running nodes it could reach at `last_fault`.
     reach: BTreeSet<usize>,
+    /// SIGSTOPped: no ticks, no gossip, messages to it lost.
+    pub paused: bool,
 }
 
 pub struct Sim {
@@ -342,6 +398,11 @@ pub struct Sim {
     pub journal: Journal,
     /// Per-tick checks run by the simulator itself; failures panic with the time.
     pub check_invariants: bool,
+    flight: Vec<Flight>,
+    next_raft_id: u64,
+    /// Raft messages sent and their bytes.
+    pub raft_messages: u64,
+    pub raft_bytes: u64,
 }
 
 impl Sim {
@@ -360,6 +421,10 @@ impl Sim {
             last_drop_change: Duration::ZERO,
             journal: Journal::default(),
             check_invariants: true,
+            flight: Vec::new(),
+            next_raft_id: 1,
+            raft_messages: 0,
+            raft_bytes: 0,
         }
     }
 
@@ -442,6 +507,42 @@ impl Sim {
                 }
                 self.boot(i);
             }
+            Op::Stop(i) => {
+                if self.running(i) && !self.slots[i - 1].paused {
+                    let now = self.instant();
+                    self.node_mut(i).handle_leave(now);
+                    self.slots[i - 1].disk.state = NodeState::Left;
+                    self.drain_effects(i);
+                    self.gossip_round(i);
+                }
+                self.crash(i);
+            }
+            Op::Wipe(i) => {
+                self.ensure_slot(i);
+                if self.slots[i - 1].run.is_some() {
+                    self.crash(i);
+                }
+                let raft_id = self.new_raft_id();
+                self.slots[i - 1].disk = Disk {
+                    raft_id,
+                    ..Disk::default()
+                };
+                self.boot(i);
+            }
+            Op::Pause(i) => {
+                if self.running(i) {
+                    self.slots[i - 1].paused = true;
+                    self.slots[i - 1].last_fault = self.now;
+                    self.mark_connectivity_faults();
+                }
+            }
+            Op::Resume(i) => {
+                if self.slots[i - 1].paused {
+                    self.slots[i - 1].paused = false;
+                    self.slots[i - 1].last_fault = self.now;
+                    self.mark_connectivity_faults();
+                }
+            }
             Op::Drop(p) => {
                 if (p > 0.0) != (self.drop > 0.0) {
                     self.last_drop_change = self.now;
@@ -482,19 +583,30 @@ impl Sim {
         assert!(i >= 1, "nodes are 1-based");
         while self.slots.len() < i {
             let n = self.slots.len() + 1;
+            let raft_id = self.new_raft_id();
             self.slots.push(Slot {
                 id: name(n),
                 addr: SocketAddr::from(([127, 0, 0, 1], 7000 + n as u16)),
                 generation: 0,
                 run: None,
-                disk: Disk::default(),
+                disk: Disk {
+                    raft_id,
+                    ..Disk::default()
+                },
                 phase: 0,
                 last_fault: self.now,
                 reach: BTreeSet::new(),
+                paused: false,
             });
             // A new node starts connected to group 0 (everyone, unless partitioned).
             self.group.push(0);
         }
+    }
+
+    fn new_raft_id(&mut self) -> u64 {
+        let id = 1000 + self.next_raft_id;
+        self.next_raft_id += 1;
+        id
     }
 
     fn fingerprint() -> Fingerprint {
@@ -510,6 +622,7 @@ impl Sim {
         slot.generation += 1;
         slot.phase = phase;
         slot.last_fault = self.now;
+        slot.paused = false;
         let fingerprint = Self::fingerprint();
         let config = NodeConfig {
             node_id: slot.id.clone(),
@@ -522,7 +635,12 @@ impl Sim {
             load: LoadPolicy::default(),
             split_window: cfg.split_window,
             reap_after: cfg.reap_after,
-            lease: cfg.lease,
+            raft_id: slot.disk.raft_id,
+            voters: cfg.voters,
+            raft_timing: cfg.raft_timing(),
+            // Distinct per node and incarnation, and never cancelled by the Raft id (which
+            // Consensus mixes in, and which stays below 2^32 here).
+            seed: cfg.seed ^ (slot.generation << 32) ^ ((i as u64) << 48),
         };
         let state = if slot.disk.state == NodeState::Left {
             NodeState::Active
@@ -534,7 +652,7 @@ impl Sim {
             config,
             Roster::from_entries(slot.disk.roster.clone()),
             state,
-            slot.disk.epoch,
+            &slot.disk.raft,
         );
         let pairs: BTreeMap<String, String> = Published::identity_pairs(&fingerprint, start_ms)
             .into_iter()
@@ -561,29 +679,37 @@ impl Sim {
         if self.slots[i - 1].run.take().is_some() {
             for l in self.journal.leaderships.iter_mut() {
                 if l.node == i && l.generation == generation && l.end.is_none() {
-                    l.end = Some(now);
+                    // Its lease stays valid to its deadline: the others must wait it out.
+                    l.end = Some(l.until);
                     if self.cfg.verbose {
                         println!(
-                            "[{:>9.3}s] {} stops leading (epoch {}): crashed",
+                            "[{:>9.3}s] {} crashed holding the lease of epoch {} (valid to {:.3}s)",
                             now.as_secs_f64(),
                             name(i),
-                            l.epoch
+                            l.epoch,
+                            l.until.as_secs_f64()
                         );
                     }
                 }
             }
         }
+        self.flight.retain(|f| f.to != i);
+        self.slots[i - 1].paused = false;
         self.slots[i - 1].last_fault = now;
         self.mark_connectivity_faults();
     }
 
     fn set_state(&mut self, i: usize, state: NodeState) {
+        if self.slots[i - 1].paused {
+            return;
+        }
+        let now = self.instant();
         let changed = self.slots[i - 1]
             .run
             .as_mut()
             .expect("node is running")
             .node
-            .handle_set_state(state);
+            .handle_set_state(now, state);
         if changed {
             self.slots[i - 1].disk.state = state;
             self.slots[i - 1].last_fault = self.now;
@@ -605,12 +731,12 @@ impl Sim {
 
     /// Running nodes `i` can talk to both ways (itself included when running).
     pub fn reach(&self, i: usize) -> BTreeSet<usize> {
-        if self.slots[i - 1].run.is_none() {
+        if !self.awake(i) {
             return BTreeSet::new();
         }
         (1..=self.slots.len())
             .filter(|&j| {
-                self.slots[j - 1].run.is_some()
+                self.awake(j)
                     && self.group[j - 1] == self.group[i - 1]
                     && !self.cuts.contains(&(i, j))
                     && !self.cuts.contains(&(j, i))
@@ -624,6 +750,18 @@ impl Sim {
 
     pub fn running(&self, i: usize) -> bool {
         self.slots.get(i - 1).is_some_and(|s| s.run.is_some())
+    }
+
+    /// Whether node `i`'s data dir holds Raft state (it has been in a cluster).
+    pub fn has_raft_state(&self, i: usize) -> bool {
+        self.slots[i - 1].disk.raft.is_initialized()
+    }
+
+    /// Running and not paused.
+    pub fn awake(&self, i: usize) -> bool {
+        self.slots
+            .get(i - 1)
+            .is_some_and(|s| s.run.is_some() && !s.paused)
     }
 
     pub fn drop_rate(&self) -> f64 {
@@ -665,7 +803,7 @@ impl Sim {
     /// The running node that leads, if exactly one does; panics if several do.
     pub fn leaders(&self) -> Vec<(usize, u64)> {
         (1..=self.slots.len())
-            .filter(|&i| self.running(i))
+            .filter(|&i| self.awake(i))
             .filter_map(|i| self.node(i).leading().map(|e| (i, e)))
             .collect()
     }
@@ -722,14 +860,20 @@ impl Sim {
         pred(self).then(|| self.now - start)
     }
 
-    /// One tick: the nodes whose phase it is gossip, then every running node handles the new
-    /// gossip snapshot.
+    /// One tick: Raft's steps up to it, then the nodes whose phase it is gossip, then every
+    /// awake node handles the new gossip snapshot.
     pub fn tick(&mut self) {
-        self.now += self.cfg.tick();
+        let end = self.now + self.cfg.tick();
+        while self.now + RAFT_STEP < end {
+            self.now += RAFT_STEP;
+            self.raft_step();
+        }
+        self.now = end;
+        self.raft_step();
         self.tick_no += 1;
         let phase = (self.tick_no % u64::from(self.cfg.ticks_per_round)) as u32;
         let mut order: Vec<usize> = (1..=self.slots.len())
-            .filter(|&i| self.running(i) && self.slots[i - 1].phase == phase)
+            .filter(|&i| self.awake(i) && self.slots[i - 1].phase == phase)
             .collect();
         order.shuffle(&mut self.rng);
         for i in order {
@@ -737,9 +881,10 @@ impl Sim {
         }
         let now = self.instant();
         for i in 1..=self.slots.len() {
-            let Some(run) = self.slots[i - 1].run.as_mut() else {
+            if !self.awake(i) {
                 continue;
-            };
+            }
+            let run = self.slots[i - 1].run.as_mut().expect("awake");
             refresh_observations(run);
             run.node.handle_gossip(now, &run.obs.obs);
             self.drain_effects(i);
@@ -749,27 +894,53 @@ impl Sim {
         }
     }
 
-    /// Checked on every tick of every simulation.
-    fn check_tick_invariants(&self) {
-        for i in 1..=self.slots.len() {
-            let Some(run) = self.slots[i - 1].run.as_ref() else {
+    /// Delivers the Raft messages that are due, then runs the Raft timeouts that are due.
+    fn raft_step(&mut self) {
+        let now = self.now;
+        let due: Vec<Flight> = {
+            let (due, later): (Vec<Flight>, Vec<Flight>) = std::mem::take(&mut self.flight)
+                .into_iter()
+                .partition(|f| f.at <= now);
+            self.flight = later;
+            due
+        };
+        let at = self.instant();
+        for f in due {
+            if !self.awake(f.to) {
                 continue;
-            };
-            if let Some(epoch) = run.node.leading() {
-                let st = run.node.status();
-                assert!(
-                    st.quorum && st.partition == Partition::Majority,
-                    "{} leads (epoch {epoch}) without quorum at {:?}: {st:?}",
-                    name(i),
-                    self.now
-                );
-                assert!(
-                    self.slots[i - 1].disk.epoch >= epoch,
-                    "{} leads with epoch {epoch} that is not persisted",
-                    name(i)
-                );
+            }
+            let from_id = name(f.from);
+            let from_addr = self.slots[f.from - 1].addr;
+            let node = self.node_mut(f.to);
+            let _ = node.handle_raft_message(
+                at,
+                &Sender {
+                    node_id: Some(&from_id),
+                    addr: from_addr,
+                },
+                &f.bytes,
+            );
+            self.drain_effects(f.to);
+        }
+        for i in 1..=self.slots.len() {
+            if self.awake(i) && self.node(i).poll_timeout() <= at {
+                self.node_mut(i).handle_timeout(at);
+                self.drain_effects(i);
             }
         }
+    }
+
+    /// Checked on every tick of every simulation: a node's own view of its lease agrees with
+    /// the journal, and no two leases are valid at once.
+    fn check_tick_invariants(&self) {
+        let now = self.now;
+        let valid: Vec<&Leadership> = self
+            .journal
+            .leaderships
+            .iter()
+            .filter(|l| l.start <= now && now < l.end_or(now + Duration::from_nanos(1)))
+            .collect();
+        assert!(valid.len() <= 1, "two leases valid at {now:?}: {valid:?}");
     }
 
     fn lost(&mut self) -> bool {
@@ -778,7 +949,7 @@ impl Sim {
 
     /// Whether a message from `a` reaches `b`.
     fn linked(&self, a: usize, b: usize) -> bool {
-        self.group[a - 1] == self.group[b - 1] && !self.cuts.contains(&(a, b)) && self.running(b)
+        self.group[a - 1] == self.group[b - 1] && !self.cuts.contains(&(a, b)) && self.awake(b)
     }
 
     fn gossip_round(&mut self, a: usize) {
@@ -874,13 +1045,16 @@ impl Sim {
 
     fn drain_effects(&mut self, i: usize) {
         let now = self.now;
+        let base = self.base;
         let verbose = self.cfg.verbose;
+        let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         let slot = &mut self.slots[i - 1];
         let generation = slot.generation;
         let Some(run) = slot.run.as_mut() else {
             return;
         };
         let mut publishes: Vec<(String, String)> = Vec::new();
+        let mut reload = false;
         while let Some(effect) = run.node.poll_effect() {
             match effect {
                 Effect::Publish { key, value } => publishes.push((key, value)),
@@ -901,21 +1075,28 @@ impl Sim {
                     });
                 }
                 Effect::PersistRoster(r) => slot.disk.roster = r,
-                Effect::PersistEpoch(e) => {
+                Effect::RaftPersist(w) => {
                     assert!(
-                        e >= slot.disk.epoch,
-                        "{} persisted epoch {e} below {}",
+                        w.hard_state
+                            .as_ref()
+                            .is_none_or(|hs| hs.term >= slot.disk.raft.hard_state.term),
+                        "{} persisted a term below {}",
                         slot.id,
-                        slot.disk.epoch
+                        slot.disk.raft.hard_state.term
                     );
-                    slot.disk.epoch = e;
-                    run.node.handle_epoch_persisted(e);
+                    slot.disk.raft.apply(&w);
                 }
+                Effect::RaftSend { addr, bytes, .. } => sends.push((addr, bytes)),
+                Effect::RaftReload => reload = true,
                 Effect::SplitBrain { .. } => self.journal.panics.push((now, i)),
-                Effect::LeadershipAcquired { epoch } => {
+                Effect::LeadershipAcquired {
+                    epoch,
+                    until,
+                    tasks_from,
+                } => {
                     assert!(
-                        slot.disk.epoch >= epoch,
-                        "{} leads with epoch {epoch} before persisting it",
+                        slot.disk.raft.hard_state.term >= epoch,
+                        "{} leads with epoch {epoch} before persisting its term",
                         slot.id
                     );
                     assert!(
@@ -923,15 +1104,19 @@ impl Sim {
                             .journal
                             .leaderships
                             .iter()
-                            .any(|l| l.node == i && l.end.is_none()),
+                            .any(|l| l.node == i && l.generation == generation && l.end.is_none()),
                         "{} acquired leadership twice",
                         slot.id
                     );
+                    let until = until.saturating_duration_since(base);
+                    let tasks_from = tasks_from.saturating_duration_since(base);
                     if verbose {
                         println!(
-                            "[{:>9.3}s] {} leads (epoch {epoch})",
+                            "[{:>9.3}s] {} leads (epoch {epoch}) until {:.3}s, tasks from {:.3}s",
                             now.as_secs_f64(),
-                            slot.id
+                            slot.id,
+                            until.as_secs_f64(),
+                            tasks_from.as_secs_f64()
                         );
                     }
                     self.journal.leaderships.push(Leadership {
@@ -940,14 +1125,33 @@ impl Sim {
                         epoch,
                         start: now,
                         end: None,
+                        until,
+                        tasks_from,
                     });
+                }
+                Effect::LeaseRenewed { until } => {
+                    let open = self
+                        .journal
+                        .leaderships
+                        .iter_mut()
+                        .find(|l| l.node == i && l.generation == generation && l.end.is_none())
+                        .unwrap_or_else(|| panic!("{} renewed a lease it did not hold", i));
+                    let until = until.saturating_duration_since(base);
+                    assert!(until >= open.until, "a renewal never shortens a lease");
+                    assert!(
+                        now < open.until,
+                        "{} renewed a lease that had run out at {:?}",
+                        name(i),
+                        open.until
+                    );
+                    open.until = until;
                 }
                 Effect::LeadershipLost { epoch } => {
                     let open = self
                         .journal
                         .leaderships
                         .iter_mut()
-                        .find(|l| l.node == i && l.end.is_none())
+                        .find(|l| l.node == i && l.generation == generation && l.end.is_none())
                         .unwrap_or_else(|| panic!("{} lost a leadership it did not hold", i));
                     assert_eq!(open.epoch, epoch, "{} lost another epoch", name(i));
                     open.end = Some(now);
@@ -972,6 +1176,40 @@ impl Sim {
             }
             me.kv = Some(Rc::new(Kv::new(version, pairs)));
         }
+        if reload {
+            let now = self.instant();
+            let disk = self.slots[i - 1].disk.raft.clone();
+            self.node_mut(i).handle_raft_reload(now, &disk);
+        }
+        for (addr, bytes) in sends {
+            self.send_raft(i, addr, bytes);
+        }
+        if reload {
+            self.drain_effects(i);
+        }
+    }
+
+    fn send_raft(&mut self, from: usize, addr: SocketAddr, bytes: Vec<u8>) {
+        self.raft_messages += 1;
+        self.raft_bytes += bytes.len() as u64;
+        let Some(to) = self
+            .slots
+            .iter()
+            .position(|s| s.addr == addr)
+            .map(|p| p + 1)
+        else {
+            return;
+        };
+        if to == from || !self.linked(from, to) || self.lost() {
+            return;
+        }
+        let delay = ms(self.rng.gen_range(1..=self.cfg.raft_delay_ms.max(1)));
+        self.flight.push(Flight {
+            at: self.now + delay,
+            from,
+            to,
+            bytes,
+        });
     }
 
     /// Closes the journal at the current time: every open interval ends now.
@@ -1146,13 +1384,18 @@ impl Sim {
                     )
                 })
                 .collect();
+            let raft = run.node.raft_status();
             out.push_str(&format!(
-                "  {} g{} vote={:?} lead={:?} epoch={:?} leading={:?} q={} | {}\n",
+                "  {} g{}{} raft={:?} {}/{} term={} commit={} voters={:?} leading={:?} q={} | {}\n",
                 slot.id,
                 slot.generation,
-                p.and_then(|p| p.vote.clone()),
-                p.and_then(|p| p.lead),
-                p.map(|p| p.epoch),
+                if slot.paused { " PAUSED" } else { "" },
+                p.and_then(|p| p.raft),
+                raft.role.as_str(),
+                raft.cluster,
+                raft.term,
+                raft.commit,
+                raft.voters,
                 run.node.leading(),
                 run.node.status().quorum,
                 others.join(" ")

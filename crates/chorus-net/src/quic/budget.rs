@@ -37,9 +37,26 @@ pub const CONNECTION_FLOOR: usize = 128 * 1024;
 /// is empty, streams that need more than their connection's floor are stopped.
 pub const SHARED_BUFFER_POOL: usize = 32 * 1024 * 1024;
 
-/// The most a socket buffers for peers: every connection at its floor plus
-/// the whole shared pool (96 MiB).
-pub const MAX_BUFFERED_BYTES: usize = MAX_CONNECTIONS * CONNECTION_FLOOR + SHARED_BUFFER_POOL;
+/// Raft's share of each connection's budget, like [`CONNECTION_FLOOR`] for
+/// gossip: room for votes, heartbeats and their answers (well under 1 KiB
+/// each) whatever other peers' snapshots take from [`RAFT_BUFFER_POOL`].
+pub const RAFT_CONNECTION_FLOOR: usize = 32 * 1024;
+
+/// Bytes one connection may have buffered for Raft: two of the largest
+/// messages, so that one may wait for the engine while the next arrives.
+pub const MAX_RAFT_BUFFERED_PER_CONNECTION: usize = 2 * crate::peer::MAX_RAFT_MESSAGE_SIZE;
+
+/// Bytes all connections of a socket may borrow beyond their Raft floor:
+/// two snapshots in flight at once. Raft streams draw on this pool, not on
+/// gossip's, so snapshots never stop gossip streams and gossip never stops
+/// Raft's.
+pub const RAFT_BUFFER_POOL: usize = 24 * 1024 * 1024;
+
+/// The most a socket buffers for peers: every connection at its gossip and
+/// Raft floors plus both shared pools (136 MiB; gossip alone, 96 MiB).
+pub const MAX_BUFFERED_BYTES: usize = MAX_CONNECTIONS * (CONNECTION_FLOOR + RAFT_CONNECTION_FLOOR)
+    + SHARED_BUFFER_POOL
+    + RAFT_BUFFER_POOL;
 
 /// A socket's shared pool; bytes in use are reported to the counters' gauge.
 pub(crate) struct BufferPool {
@@ -57,6 +74,16 @@ impl BufferPool {
             SHARED_BUFFER_POOL,
             CONNECTION_FLOOR,
             MAX_BUFFERED_PER_CONNECTION,
+        )
+    }
+
+    /// The production limits for Raft streams.
+    pub(crate) fn raft(counters: NetCounters) -> Arc<Self> {
+        Self::with_limits(
+            counters,
+            RAFT_BUFFER_POOL,
+            RAFT_CONNECTION_FLOOR,
+            MAX_RAFT_BUFFERED_PER_CONNECTION,
         )
     }
 

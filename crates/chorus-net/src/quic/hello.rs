@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the chorus wire protocol (hello + envelopes), sent in every
 /// hello. The default policy refuses peers speaking another version.
 /// 2: envelopes hold the [`wire`](crate::wire) form, not chitchat's bytes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: a stream starting with [`RAFT_MARKER`](crate::wire::RAFT_MARKER)
+/// carries a Raft message (a version-2 peer would count it as garbage).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest encoded hello accepted, in bytes (room for a fingerprint listing
 /// a few hundred files).

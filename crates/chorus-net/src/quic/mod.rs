@@ -12,8 +12,8 @@
 //!   stream per envelope, budgeted, size- and time-limited, by stream kind).
 //! - `shared.rs`: state shared by the socket's tasks (registry, admission,
 //!   budget, refusal backoff, counters).
-//! - `outbox.rs`: per-peer bounded send queues and the tasks that dial and
-//!   write them.
+//! - `outbox.rs`: per-peer bounded send queues, one per lane (gossip, Raft),
+//!   and the tasks that dial and write them.
 //! - `socket.rs`: the chitchat `Socket`: accept loop, `send`, `recv`, drop.
 //!
 //! # Behaviour
@@ -22,6 +22,16 @@
 //!   exactly the message's [`wire`](crate::wire) encoding; streams over
 //!   [`MAX_MESSAGE_SIZE`] are stopped and counted as garbage. A peer may have
 //!   at most [`MAX_CONCURRENT_UNI_STREAMS`] streams open per connection.
+//! - Raft messages ([`PeerChannel`](crate::PeerChannel), when the config has
+//!   one) travel on the same connections, which carry streams only after the
+//!   hello, so their sender is authenticated: one unidirectional stream per
+//!   message, [`RAFT_MARKER`](crate::wire::RAFT_MARKER) then the message, at
+//!   most [`MAX_RAFT_MESSAGE_SIZE`](crate::MAX_RAFT_MESSAGE_SIZE) after the
+//!   marker, within [`QuicTuning::raft_stream_timeout`]. They have their own
+//!   per-peer queue ([`RAFT_QUEUE_CAPACITY`], [`RAFT_QUEUE_BYTES`]) and their
+//!   own receive budget (`RAFT_*` in `budget.rs`), so a flood of one kind
+//!   cannot starve the other. Without a channel, received Raft messages are
+//!   counted in `raft_dropped`.
 //! - What peers make us buffer is budgeted per connection and per socket
 //!   ([`MAX_BUFFERED_PER_CONNECTION`], [`CONNECTION_FLOOR`],
 //!   [`SHARED_BUFFER_POOL`]); a stream the budget cannot hold is stopped
@@ -90,14 +100,19 @@ use chitchat::transport::{Socket, Transport};
 use tokio::time::Instant;
 
 use crate::counters::NetCounters;
+use crate::peer::PeerChannel;
 use crate::tls::TlsMode;
+
+/// A received Raft message's share of its connection's budget.
+pub(crate) type Held = budget::Reservation;
 
 pub use admission::{
     HANDSHAKE_BURST_PER_SOURCE, HANDSHAKE_RATE_PER_SOURCE, KNOWN_PEER_TTL, MAX_KNOWN_PEERS,
     MAX_PENDING_PER_SOURCE, MAX_TRACKED_SOURCES, RESERVED_FOR_KNOWN, RETRY_ABOVE_PENDING,
 };
 pub use budget::{
-    CONNECTION_FLOOR, MAX_BUFFERED_BYTES, MAX_BUFFERED_PER_CONNECTION, SHARED_BUFFER_POOL,
+    CONNECTION_FLOOR, MAX_BUFFERED_BYTES, MAX_BUFFERED_PER_CONNECTION,
+    MAX_RAFT_BUFFERED_PER_CONNECTION, RAFT_BUFFER_POOL, RAFT_CONNECTION_FLOOR, SHARED_BUFFER_POOL,
 };
 pub use hello::{
     default_policy, ClaimCheck, Hello, HelloError, HelloPolicy, HelloTemplate, RefusalKind,
@@ -138,6 +153,14 @@ pub const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 /// Messages queued per peer before the oldest are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 64;
 
+/// Raft messages queued per peer before the oldest are dropped (a leader
+/// sends each follower a few appends and heartbeats per tick).
+pub const RAFT_QUEUE_CAPACITY: usize = 256;
+
+/// Raft bytes queued per peer before the oldest messages are dropped: a
+/// snapshot and the appends behind it.
+pub const RAFT_QUEUE_BYTES: usize = 2 * crate::peer::MAX_RAFT_MESSAGE_SIZE;
+
 /// Decoded messages waiting for chitchat's `recv` (stream readers wait when
 /// it is full, which back-pressures peers through QUIC flow control).
 pub const INBOX_CAPACITY: usize = 256;
@@ -164,7 +187,8 @@ pub const CLOSE_SUPERSEDED: u32 = 0x4348_0005;
 /// Application close code: another live agent holds the node id of the
 /// hello; the close reason names the address it is alive at.
 pub const CLOSE_NODE_ID_CONFLICT: u32 = 0x4348_0006;
-/// Stream stop code: envelope over [`MAX_MESSAGE_SIZE`].
+/// Stream stop code: envelope over [`MAX_MESSAGE_SIZE`] (gossip) or
+/// [`MAX_RAFT_MESSAGE_SIZE`](crate::MAX_RAFT_MESSAGE_SIZE) (Raft).
 pub const STOP_TOO_LARGE: u32 = 0x4348_0010;
 /// Stream stop code: no buffer budget left for the stream.
 pub const STOP_OVER_BUDGET: u32 = 0x4348_0011;
@@ -205,6 +229,11 @@ pub struct QuicTuning {
     /// Authentication failures are logged at most once per peer per this
     /// interval (default 60 s).
     pub auth_warn_interval: Duration,
+    /// Limit to write, and to receive, one Raft stream (default 30 s): a
+    /// snapshot of several MiB behind QUIC flow control takes seconds on a
+    /// distant link, and Raft messages, unlike gossip, are not repeated
+    /// every round.
+    pub raft_stream_timeout: Duration,
 }
 
 impl QuicTuning {
@@ -229,6 +258,7 @@ impl Default for QuicTuning {
             reject_backoff: Duration::from_secs(30),
             peer_idle: Duration::from_secs(60),
             auth_warn_interval: Duration::from_secs(60),
+            raft_stream_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -253,6 +283,9 @@ pub struct QuicConfig {
     pub counters: NetCounters,
     /// Timeouts and backoffs.
     pub tuning: QuicTuning,
+    /// Carries Raft messages; `None` (default): none are sent, and those
+    /// received are dropped and counted.
+    pub peer_channel: Option<PeerChannel>,
 }
 
 impl fmt::Debug for QuicConfig {
@@ -278,6 +311,7 @@ impl QuicConfig {
             claim_check: None,
             counters: NetCounters::new(),
             tuning: QuicTuning::default(),
+            peer_channel: None,
         }
     }
 
@@ -325,6 +359,13 @@ impl QuicConfig {
         self.tuning = tuning;
         self
     }
+
+    /// Carries Raft messages for `channel` (made with the same counters as
+    /// [`Self::with_counters`], so that all counts land in one place).
+    pub fn with_peer_channel(mut self, channel: PeerChannel) -> Self {
+        self.peer_channel = Some(channel);
+        self
+    }
 }
 
 /// chitchat [`Transport`] over QUIC. Each `open` binds its own endpoint.
@@ -342,6 +383,11 @@ impl QuicTransport {
     /// The counters this transport records into.
     pub fn counters(&self) -> &NetCounters {
         &self.config.counters
+    }
+
+    /// The channel carrying Raft messages, if the config has one.
+    pub fn peer_channel(&self) -> Option<&PeerChannel> {
+        self.config.peer_channel.as_ref()
     }
 
     /// The configuration.

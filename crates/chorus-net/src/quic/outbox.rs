@@ -1,5 +1,10 @@
 //! Per-peer send queues, and the tasks that drain them.
 //!
+//! A socket has one [`Outbox`] per [`Lane`]: gossip and Raft queue and write
+//! apart, so a snapshot being written never holds gossip back, and a gossip
+//! burst never pushes Raft messages out of a queue. Both take the same
+//! connections; a per-peer gate keeps them from dialing the same peer twice.
+//!
 //! `push` is synchronous and never waits: it appends to the peer's bounded
 //! queue (dropping the oldest message when full) and wakes the peer's task,
 //! spawning it if needed. The task takes a live connection (ours or one the
@@ -9,6 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,46 +27,124 @@ use tracing::debug;
 
 use super::handshake::dial;
 use super::shared::Shared;
-use super::PEER_QUEUE_CAPACITY;
+use super::{QuicTuning, PEER_QUEUE_CAPACITY, RAFT_QUEUE_BYTES, RAFT_QUEUE_CAPACITY};
+use crate::wire::RAFT_MARKER;
+
+/// What an outbox carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// chitchat messages in their wire form.
+    Gossip,
+    /// Opaque Raft messages, each written after [`RAFT_MARKER`].
+    Raft,
+}
+
+impl Lane {
+    /// Messages a peer's queue holds before the oldest is dropped.
+    fn capacity(self) -> usize {
+        match self {
+            Lane::Gossip => PEER_QUEUE_CAPACITY,
+            Lane::Raft => RAFT_QUEUE_CAPACITY,
+        }
+    }
+
+    /// Bytes a peer's queue holds before the oldest messages are dropped
+    /// (gossip messages are small and few: the count bounds them).
+    fn max_bytes(self) -> usize {
+        match self {
+            Lane::Gossip => usize::MAX,
+            Lane::Raft => RAFT_QUEUE_BYTES,
+        }
+    }
+
+    fn write_timeout(self, tuning: &QuicTuning) -> Duration {
+        match self {
+            Lane::Gossip => tuning.write_timeout,
+            Lane::Raft => tuning.raft_stream_timeout,
+        }
+    }
+
+    /// What the stream starts with before the message.
+    fn marker(self) -> &'static [u8] {
+        match self {
+            Lane::Gossip => &[],
+            Lane::Raft => &[RAFT_MARKER],
+        }
+    }
+
+    fn count_sent(self, shared: &Shared, len: usize) {
+        match self {
+            Lane::Gossip => shared.counters.sent(len),
+            Lane::Raft => shared.counters.raft_sent(len),
+        }
+    }
+
+    fn count_dropped(self, shared: &Shared) {
+        match self {
+            Lane::Gossip => shared.counters.dropped_send(),
+            Lane::Raft => shared.counters.raft_dropped(),
+        }
+    }
+}
 
 struct PeerQueue {
     messages: VecDeque<(Instant, Vec<u8>)>,
+    /// Bytes of `messages`.
+    bytes: usize,
     wake: Arc<Notify>,
     task: AbortHandle,
 }
 
-/// All per-peer queues of one socket.
+/// All per-peer queues of one socket for one lane.
 pub(crate) struct Outbox {
+    lane: Lane,
     endpoint: Endpoint,
     shared: Arc<Shared>,
     peers: Mutex<HashMap<SocketAddr, PeerQueue>>,
+    /// Set when the socket goes: later pushes are dropped instead of
+    /// spawning tasks for a closed endpoint.
+    closed: AtomicBool,
 }
 
 impl Outbox {
-    pub(crate) fn new(endpoint: Endpoint, shared: Arc<Shared>) -> Arc<Self> {
+    pub(crate) fn new(lane: Lane, endpoint: Endpoint, shared: Arc<Shared>) -> Arc<Self> {
         Arc::new(Self {
+            lane,
             endpoint,
             shared,
             peers: Mutex::default(),
+            closed: AtomicBool::new(false),
         })
     }
 
     /// Queues `message` for `to`. Never waits.
     pub(crate) fn push(self: &Arc<Self>, to: SocketAddr, message: Vec<u8>) {
+        if self.closed.load(Ordering::Acquire) {
+            self.lane.count_dropped(&self.shared);
+            return;
+        }
         let mut peers = self.peers.lock();
         let queue = peers.entry(to).or_insert_with(|| {
             let wake = Arc::new(Notify::new());
             let task = tokio::spawn(self.clone().run(to, wake.clone())).abort_handle();
             PeerQueue {
                 messages: VecDeque::with_capacity(4),
+                bytes: 0,
                 wake,
                 task,
             }
         });
-        if queue.messages.len() >= PEER_QUEUE_CAPACITY {
-            queue.messages.pop_front();
-            self.shared.counters.dropped_send();
+        let (capacity, max_bytes) = (self.lane.capacity(), self.lane.max_bytes());
+        while !queue.messages.is_empty()
+            && (queue.messages.len() >= capacity
+                || queue.bytes.saturating_add(message.len()) > max_bytes)
+        {
+            if let Some((_, dropped)) = queue.messages.pop_front() {
+                queue.bytes = queue.bytes.saturating_sub(dropped.len());
+            }
+            self.lane.count_dropped(&self.shared);
         }
+        queue.bytes = queue.bytes.saturating_add(message.len());
         queue.messages.push_back((Instant::now(), message));
         queue.wake.notify_one();
     }
@@ -72,10 +156,11 @@ impl Outbox {
         let mut peers = self.peers.lock();
         let queue = peers.get_mut(&to)?;
         while let Some((queued, message)) = queue.messages.pop_front() {
+            queue.bytes = queue.bytes.saturating_sub(message.len());
             if !self.shared.tuning.is_late(queued) {
                 return Some(message);
             }
-            self.shared.counters.dropped_send();
+            self.lane.count_dropped(&self.shared);
         }
         None
     }
@@ -95,6 +180,7 @@ impl Outbox {
 
     /// Stops every peer task and forgets the queues.
     pub(crate) fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
         for (_, queue) in self.peers.lock().drain() {
             queue.task.abort();
         }
@@ -114,20 +200,22 @@ impl Outbox {
                     Err(_idle) => continue,
                 }
             };
+            let lane = self.lane;
             let Some(conn) = self.connection(to, &mut backoff).await else {
-                self.shared.counters.dropped_send();
+                lane.count_dropped(&self.shared);
                 continue;
             };
             let len = message.len();
-            match timeout(self.shared.tuning.write_timeout, write(&conn, &message)).await {
-                Ok(Ok(())) => self.shared.counters.sent(len),
+            let written = write(&conn, lane.marker(), &message);
+            match timeout(lane.write_timeout(&self.shared.tuning), written).await {
+                Ok(Ok(())) => lane.count_sent(&self.shared, len),
                 Ok(Err(err)) => {
-                    debug!(peer=%to, error=%err, "send failed");
-                    self.shared.counters.dropped_send();
+                    debug!(peer=%to, ?lane, error=%err, "send failed");
+                    lane.count_dropped(&self.shared);
                 }
                 Err(_elapsed) => {
-                    debug!(peer=%to, "send timed out");
-                    self.shared.counters.dropped_send();
+                    debug!(peer=%to, ?lane, "send timed out");
+                    lane.count_dropped(&self.shared);
                 }
             }
         }
@@ -143,6 +231,17 @@ impl Outbox {
         if backoff.waiting() || self.shared.is_refused(to) {
             return None;
         }
+        // The other lane may be dialing this peer: wait for its dial, then
+        // take its connection rather than open a second one.
+        let gate = self.shared.dial_gate(to);
+        let _turn = gate.lock().await;
+        if let Some(conn) = self.shared.connection(to) {
+            backoff.reset();
+            return Some(conn);
+        }
+        if self.shared.is_refused(to) {
+            return None;
+        }
         match dial(&self.shared, &self.endpoint, to).await {
             Some(conn) => {
                 backoff.reset();
@@ -156,9 +255,10 @@ impl Outbox {
     }
 }
 
-/// One message, one unidirectional stream.
-async fn write(conn: &Connection, message: &[u8]) -> anyhow::Result<()> {
+/// One message, one unidirectional stream: the lane's marker, then the message.
+async fn write(conn: &Connection, marker: &[u8], message: &[u8]) -> anyhow::Result<()> {
     let mut stream = conn.open_uni().await?;
+    stream.write_all(marker).await?;
     stream.write_all(message).await?;
     stream.finish()?;
     Ok(())

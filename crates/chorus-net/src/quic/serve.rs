@@ -1,26 +1,30 @@
 //! Serving an established connection: each unidirectional stream the peer
-//! opens is read within the connection's byte budget and a deadline, then
-//! handled by its kind.
+//! opens is read within its kind's byte budget, size limit and deadline,
+//! then handled by its kind.
 //!
-//! Every stream is gossip today ([`StreamKind::Gossip`]). Another kind gets a
-//! variant, a way to tell it from the stream (a first byte, once the wire
-//! protocol has one) in [`StreamKind::of`], and its arm in [`serve_stream`];
+//! The first byte of a stream names its kind ([`StreamKind::of`]): a Raft
+//! stream starts with [`RAFT_MARKER`], which is not part of the message; any
+//! other byte is the first of a gossip message's [`wire`] form (which never
+//! starts with the marker). Another kind gets a variant, a marker byte that
+//! neither gossip nor Raft starts with, and its arm in [`serve_stream`];
 //! reading stays the same budgeted, time-limited [`read_stream`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chitchat::Serializable;
 use quinn::{Connection, ConnectionError, ReadError, RecvStream, VarInt};
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 use tracing::debug;
 
 use super::budget::{ConnectionBudget, Reservation};
 use super::handshake::refusal_kind;
 use super::hello::{Hello, RejectedPeer};
 use super::shared::{Arrival, Shared};
-use super::{MAX_MESSAGE_SIZE, STOP_OVER_BUDGET, STOP_TIMED_OUT, STOP_TOO_LARGE};
-use crate::wire;
+use super::{QuicTuning, MAX_MESSAGE_SIZE, STOP_OVER_BUDGET, STOP_TIMED_OUT, STOP_TOO_LARGE};
+use crate::peer::{PeerMessage, MAX_RAFT_MESSAGE_SIZE};
+use crate::wire::{self, RAFT_MARKER};
 
 /// Most bytes taken from quinn per read: what a stream may hold unbudgeted
 /// between a read and its reservation.
@@ -31,18 +35,57 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(crate) enum StreamKind {
     /// One chitchat message in its [`wire`] form.
     Gossip,
+    /// [`RAFT_MARKER`], then one opaque Raft message.
+    Raft,
 }
 
 impl StreamKind {
-    /// The kind of a stream just opened by the peer.
-    fn of(_stream: &RecvStream) -> Self {
-        StreamKind::Gossip
+    /// The kind of a stream whose first byte is `first`.
+    pub(crate) fn of(first: u8) -> Self {
+        if first == RAFT_MARKER {
+            StreamKind::Raft
+        } else {
+            StreamKind::Gossip
+        }
     }
 
-    /// Largest stream of this kind.
+    /// Largest message of this kind (the Raft marker not included).
     fn size_limit(self) -> usize {
         match self {
             StreamKind::Gossip => MAX_MESSAGE_SIZE,
+            StreamKind::Raft => MAX_RAFT_MESSAGE_SIZE,
+        }
+    }
+
+    /// How long a stream of this kind may take to arrive whole.
+    fn read_timeout(self, tuning: &QuicTuning) -> Duration {
+        match self {
+            StreamKind::Gossip => tuning.stream_read_timeout,
+            StreamKind::Raft => tuning.raft_stream_timeout,
+        }
+    }
+
+    /// The bytes of the message that the kind's first byte is part of.
+    fn prefix(self, first: u8) -> Option<u8> {
+        match self {
+            StreamKind::Gossip => Some(first),
+            StreamKind::Raft => None,
+        }
+    }
+}
+
+/// A connection's receive budgets, one per kind, so that neither kind's
+/// streams can use up what the other needs.
+pub(crate) struct Budgets {
+    pub(crate) gossip: Arc<ConnectionBudget>,
+    pub(crate) raft: Arc<ConnectionBudget>,
+}
+
+impl Budgets {
+    fn of(&self, kind: StreamKind) -> &Arc<ConnectionBudget> {
+        match kind {
+            StreamKind::Gossip => &self.gossip,
+            StreamKind::Raft => &self.raft,
         }
     }
 }
@@ -65,12 +108,19 @@ pub(crate) async fn serve_connection(
     conn: Connection,
     addr: SocketAddr,
     peer: Hello,
-    budget: Arc<ConnectionBudget>,
+    budgets: Budgets,
 ) {
+    let budgets = Arc::new(budgets);
+    // Only mutual TLS makes the hello's node id an authenticated one.
+    let from_node: Option<Arc<str>> = shared.check_identity.then(|| peer.node_id.as_str().into());
     loop {
         match conn.accept_uni().await {
             Ok(stream) => {
-                tokio::spawn(serve_stream(shared.clone(), stream, addr, budget.clone()));
+                let from = Sender {
+                    addr,
+                    node: from_node.clone(),
+                };
+                tokio::spawn(serve_stream(shared.clone(), stream, from, budgets.clone()));
             }
             Err(err) => {
                 report_close(&shared, addr, &peer, &err);
@@ -99,19 +149,61 @@ fn report_close(shared: &Shared, addr: SocketAddr, peer: &Hello, err: &Connectio
     debug!(peer=%addr, node_id=%peer.node_id, error=%err, "connection closed");
 }
 
+/// Who sent a stream.
+struct Sender {
+    /// The peer's gossip address.
+    addr: SocketAddr,
+    /// The node id its certificate vouches for (mutual TLS only).
+    node: Option<Arc<str>>,
+}
+
+/// The first byte of a stream: `Ok(None)` for an empty stream.
+async fn first_byte(stream: &mut RecvStream) -> Result<Option<u8>, ReadError> {
+    Ok(stream
+        .read_chunk(1, true)
+        .await?
+        .and_then(|chunk| chunk.bytes.first().copied()))
+}
+
 /// Reads one stream and hands it to its kind's handler. A stream that is
 /// too large, over budget or late is stopped with its own code, counted, and
 /// its buffer freed.
 async fn serve_stream(
     shared: Arc<Shared>,
     mut stream: RecvStream,
-    from: SocketAddr,
-    budget: Arc<ConnectionBudget>,
+    sender: Sender,
+    budgets: Arc<Budgets>,
 ) {
-    let kind = StreamKind::of(&stream);
-    let read = timeout(
-        shared.tuning.stream_read_timeout,
-        read_stream(&mut stream, &budget, kind.size_limit()),
+    let from = sender.addr;
+    let opened = Instant::now();
+    // Every kind's deadline is at least gossip's, which bounds the wait for the kind byte.
+    let first = match timeout(shared.tuning.stream_read_timeout, first_byte(&mut stream)).await {
+        Ok(Ok(Some(first))) => first,
+        Ok(Ok(None)) => {
+            debug!(peer=%from, "empty stream dropped");
+            shared.counters.garbage();
+            return;
+        }
+        Ok(Err(err)) => {
+            debug!(peer=%from, error=%err, "stream lost");
+            return;
+        }
+        Err(_elapsed) => {
+            debug!(peer=%from, "stream not started in time: stopped");
+            shared.counters.stream_timed_out();
+            let _ = stream.stop(VarInt::from_u32(STOP_TIMED_OUT));
+            return;
+        }
+    };
+    let kind = StreamKind::of(first);
+    let read = timeout_at(
+        opened + kind.read_timeout(&shared.tuning),
+        read_stream(
+            &mut stream,
+            budgets.of(kind),
+            kind.size_limit(),
+            kind.prefix(first),
+        ),
     )
     .await;
     // The reading is not the waiting: a big envelope on a slow link may take a while.
@@ -119,8 +211,11 @@ async fn serve_stream(
     let (bytes, reservation) = match read {
         Ok(Ok(read)) => read,
         Ok(Err(Unread::TooLarge)) => {
-            debug!(peer=%from, limit=kind.size_limit(), "oversized stream stopped");
-            shared.counters.received_bytes(kind.size_limit());
+            debug!(peer=%from, ?kind, limit=kind.size_limit(), "oversized stream stopped");
+            match kind {
+                StreamKind::Gossip => shared.counters.received_bytes(kind.size_limit()),
+                StreamKind::Raft => shared.counters.raft_received_bytes(kind.size_limit()),
+            }
             shared.counters.garbage();
             let _ = stream.stop(VarInt::from_u32(STOP_TOO_LARGE));
             return;
@@ -144,18 +239,31 @@ async fn serve_stream(
     };
     match kind {
         StreamKind::Gossip => deliver_gossip(&shared, from, received, &bytes, reservation).await,
+        StreamKind::Raft => deliver_raft(&shared, sender, bytes, reservation),
     }
 }
 
-/// Reads `stream` to its end, at most `limit` bytes, taking budget for the
-/// buffer before it grows. The returned reservation holds the buffer's bytes.
+/// Reads `stream` to its end, at most `limit` bytes after `prefix` (a byte
+/// already read that belongs to the message), taking budget for the buffer
+/// before it grows. The returned reservation holds the buffer's bytes.
 async fn read_stream(
     stream: &mut RecvStream,
     budget: &Arc<ConnectionBudget>,
     limit: usize,
+    prefix: Option<u8>,
 ) -> Result<(Vec<u8>, Reservation), Unread> {
     let mut reservation = budget.reserve();
     let mut buffer: Vec<u8> = Vec::new();
+    if let Some(byte) = prefix {
+        if limit == 0 {
+            return Err(Unread::TooLarge);
+        }
+        if !reservation.resize(1) {
+            return Err(Unread::OverBudget);
+        }
+        buffer.reserve_exact(1);
+        buffer.push(byte);
+    }
     loop {
         let chunk = match stream.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => chunk.bytes,
@@ -182,6 +290,29 @@ async fn read_stream(
         }
         buffer.extend_from_slice(&chunk);
     }
+}
+
+/// Hands a Raft message to the peer channel, with its reservation: what
+/// waits for the engine stays in the connection's Raft budget.
+fn deliver_raft(shared: &Shared, sender: Sender, bytes: Vec<u8>, reservation: Reservation) {
+    shared.counters.raft_received_bytes(bytes.len());
+    if bytes.is_empty() {
+        debug!(peer=%sender.addr, "empty Raft message dropped");
+        shared.counters.garbage();
+        return;
+    }
+    let Some(channel) = &shared.peer_channel else {
+        debug!(peer=%sender.addr, "no Raft channel: message dropped");
+        shared.counters.raft_dropped();
+        return;
+    };
+    let from_node = sender.node.as_deref().map(str::to_string);
+    channel.deliver(PeerMessage::held(
+        from_node,
+        sender.addr,
+        bytes,
+        reservation,
+    ));
 }
 
 /// Decodes a gossip envelope and queues it for chitchat. The reservation

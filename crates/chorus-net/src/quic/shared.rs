@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use chitchat::ChitchatMessage;
 use parking_lot::Mutex;
@@ -17,8 +17,10 @@ use super::budget::{BufferPool, Reservation};
 use super::hello::{ClaimCheck, Hello, HelloPolicy, RejectObserver, RejectedPeer};
 use super::links::{Links, Refusal, Role};
 use super::serve::serve_connection;
+use super::serve::Budgets;
 use super::{QuicConfig, QuicTuning, CLOSE_BUSY, CLOSE_SUPERSEDED};
 use crate::counters::NetCounters;
+use crate::peer::PeerChannel;
 
 /// A decoded message waiting for chitchat, with when it was fully received.
 /// Unlike UDP, whose socket buffer overflows and sheds load, QUIC delivers
@@ -65,8 +67,14 @@ pub(crate) struct Shared {
     pub(crate) inbox: mpsc::Sender<Arrival>,
     /// Who may start a handshake with us.
     pub(crate) admission: Arc<Mutex<Admission>>,
-    /// What peers' streams may make us hold.
+    /// What peers' gossip streams may make us hold.
     buffers: Arc<BufferPool>,
+    /// What peers' Raft streams may make us hold.
+    raft_buffers: Arc<BufferPool>,
+    /// Where received Raft messages go, if anywhere.
+    pub(crate) peer_channel: Option<PeerChannel>,
+    /// One dial at a time per peer, whichever lane asks: see [`Self::dial_gate`].
+    dial_gates: Mutex<HashMap<SocketAddr, Weak<tokio::sync::Mutex<()>>>>,
     /// Established (hello passed) connections by peer gossip address.
     links: Mutex<Links>,
     /// Peers we are dialing now.
@@ -78,22 +86,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Peers' hellos are checked against their certificates unless `config`'s TLS is
-    /// insecure (insecure peers have no meaningful certificate).
+    /// State for a socket of `config`, whose hello is `local_hello`. Peers' hellos are
+    /// checked against their certificates unless `config`'s TLS is insecure (insecure peers
+    /// have no meaningful certificate).
     pub(crate) fn new(
         config: &QuicConfig,
         local_hello: Vec<u8>,
         inbox: mpsc::Sender<Arrival>,
     ) -> Self {
+        let counters = config.counters.clone();
         Self {
-            buffers: BufferPool::new(config.counters.clone()),
-            counters: config.counters.clone(),
+            buffers: BufferPool::new(counters.clone()),
+            raft_buffers: BufferPool::raft(counters.clone()),
+            peer_channel: config.peer_channel.clone(),
+            dial_gates: Mutex::default(),
+            counters,
             tuning: config.tuning.clone(),
             policy: config.policy.clone(),
             on_reject: config.on_reject.clone(),
             claim_check: config.claim_check.clone(),
-            local_hello,
             check_identity: !config.tls.is_insecure(),
+            local_hello,
             inbox,
             admission: Arc::new(Mutex::new(Admission::new(Instant::now()))),
             links: Mutex::default(),
@@ -126,6 +139,22 @@ impl Shared {
             shared: self.clone(),
             addr,
         }
+    }
+
+    /// The gate that dials to `addr` pass one at a time, so the gossip and
+    /// Raft lanes never both dial a peer. Gates live as long as someone holds
+    /// them; forgotten ones are pruned as the map grows.
+    pub(crate) fn dial_gate(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.dial_gates.lock();
+        if let Some(gate) = gates.get(&addr).and_then(Weak::upgrade) {
+            return gate;
+        }
+        if gates.len() >= PRUNE_THRESHOLD {
+            gates.retain(|_, gate| gate.strong_count() > 0);
+        }
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(addr, Arc::downgrade(&gate));
+        gate
     }
 
     /// Registers `conn` (which passed the hello in `role`) for the peer
@@ -167,8 +196,11 @@ impl Shared {
         self.admission
             .lock()
             .note_peer(conn.remote_address(), Instant::now());
-        let budget = self.buffers.connection();
-        tokio::spawn(serve_connection(self.clone(), conn, addr, peer, budget));
+        let budgets = Budgets {
+            gossip: self.buffers.connection(),
+            raft: self.raft_buffers.connection(),
+        };
+        tokio::spawn(serve_connection(self.clone(), conn, addr, peer, budgets));
         true
     }
 

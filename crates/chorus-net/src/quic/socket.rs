@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -18,13 +18,14 @@ use tracing::{debug, warn};
 
 use super::admission::{SlotGuard, Verdict};
 use super::handshake;
-use super::outbox::Outbox;
+use super::outbox::{Lane, Outbox};
 use super::shared::{Arrival, Shared};
 use super::{
     QuicConfig, QuicTuning, CLOSE_SHUTDOWN, CONNECTION_RECEIVE_WINDOW, INBOX_CAPACITY,
     INCOMING_BUFFER_TOTAL, MAX_CONCURRENT_UNI_STREAMS, MAX_HELLO_SIZE, MAX_INCOMING_QUEUE,
     MAX_MESSAGE_SIZE, STREAM_RECEIVE_WINDOW,
 };
+use crate::peer::{PeerSink, Registration, MAX_RAFT_MESSAGE_SIZE};
 use crate::tls::TlsMode;
 use crate::wire;
 
@@ -32,8 +33,43 @@ pub(crate) struct QuicSocket {
     endpoint: Endpoint,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
+    raft_outbox: Arc<Outbox>,
     inbox: mpsc::Receiver<Arrival>,
     acceptor: JoinHandle<()>,
+    /// This socket's place in the peer channel, taken out when it drops.
+    _registration: Option<Registration>,
+}
+
+/// Where the peer channel's sends go while this socket is open. Weak, so
+/// that a sink still held somewhere (a delayed fault) keeps no socket alive.
+struct RaftSink {
+    outbox: Weak<Outbox>,
+    shared: Arc<Shared>,
+}
+
+impl PeerSink for RaftSink {
+    fn send(&self, to: SocketAddr, bytes: Vec<u8>) {
+        if !is_peer_address(to) {
+            debug!(%to, "not a peer address, Raft message dropped");
+            self.shared.counters.raft_dropped();
+            return;
+        }
+        if bytes.is_empty() || bytes.len() > MAX_RAFT_MESSAGE_SIZE {
+            warn!(%to, len = bytes.len(), limit = MAX_RAFT_MESSAGE_SIZE,
+                "Raft message empty or over the limit, dropped");
+            self.shared.counters.raft_dropped();
+            return;
+        }
+        match self.outbox.upgrade() {
+            Some(outbox) => outbox.push(to, bytes),
+            None => self.shared.counters.raft_dropped(),
+        }
+    }
+}
+
+/// Whether `to` can be a peer's gossip address.
+fn is_peer_address(to: SocketAddr) -> bool {
+    to.port() != 0 && !to.ip().is_unspecified()
 }
 
 fn transport_config(tuning: &QuicTuning) -> anyhow::Result<Arc<TransportConfig>> {
@@ -91,15 +127,24 @@ impl QuicSocket {
 
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let shared = Arc::new(Shared::new(config, local_hello, inbox_tx));
-        let outbox = Outbox::new(endpoint.clone(), shared.clone());
+        let outbox = Outbox::new(Lane::Gossip, endpoint.clone(), shared.clone());
+        let raft_outbox = Outbox::new(Lane::Raft, endpoint.clone(), shared.clone());
+        let registration = config.peer_channel.as_ref().map(|channel| {
+            channel.attach(Arc::new(RaftSink {
+                outbox: Arc::downgrade(&raft_outbox),
+                shared: shared.clone(),
+            }))
+        });
         let acceptor = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         debug!(%local_addr, %gossip_addr, "QUIC gossip socket open");
         Ok(Self {
             endpoint,
             shared,
             outbox,
+            raft_outbox,
             inbox,
             acceptor,
+            _registration: registration,
         })
     }
 }
@@ -154,7 +199,7 @@ fn admit(shared: &Arc<Shared>, incoming: Incoming) {
 impl Socket for QuicSocket {
     /// Never waits on the network; see the module docs.
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
-        if to.port() == 0 || to.ip().is_unspecified() {
+        if !is_peer_address(to) {
             debug!(%to, "not a peer address, message dropped");
             self.shared.counters.dropped_send();
             return Ok(());
@@ -192,6 +237,7 @@ impl Drop for QuicSocket {
     fn drop(&mut self) {
         self.acceptor.abort();
         self.outbox.shutdown();
+        self.raft_outbox.shutdown();
         self.endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
     }
