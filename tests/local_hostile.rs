@@ -555,3 +555,47 @@ async fn watch_clients_that_vanish_leave_no_descriptors_behind() {
     let out = crate::support::bin::chorus(&["status", "--socket", socket.to_str().unwrap()]).await;
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_the_user_may_not_open_says_permission_denied_not_no_agent() {
+    if !can_switch_users() {
+        eprintln!("skipped: needs root and setpriv to act as other users");
+        return;
+    }
+    let outsider = first_uid() + 2;
+    // The agent runs as root with its socket (root's group, mode 0660) in an open directory.
+    let work = open_tempdir("chorus-perm-");
+    let socket = work.path().join("agent.sock");
+    let mut command = Command::new(chorus_bin());
+    command.args(agent_args("perm", work.path(), Some(&socket)));
+    let agent = spawn("perm", command, work.path());
+    wait_serving(&agent, &socket).await;
+    let path = socket.to_str().unwrap();
+    let out = chorus_as(outsider, &["status", "--socket", path]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let expected = format!(
+        "chorus: permission denied on {path} (the socket is group root, mode 0660: add \
+         yourself to root or use sudo)"
+    );
+    assert_eq!(stderr(&out).trim(), expected, "{}", describe(&out));
+
+    // A socket in a directory closed to the user names the directory.
+    let closed = tempfile::Builder::new()
+        .prefix("chorus-perm-closed-")
+        .tempdir()
+        .unwrap();
+    let hidden = closed.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&hidden).unwrap();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = chorus_as(outsider, &["status", "--socket", hidden.to_str().unwrap()]).await;
+    let text = stderr(&out);
+    assert!(
+        text.contains("permission denied on")
+            && text.contains(&format!(
+                "its directory {} is not open to you",
+                closed.path().display()
+            )),
+        "{}",
+        describe(&out)
+    );
+}

@@ -30,6 +30,10 @@
 //!   follow a crash.
 //! - `rolling.rs`: `scripts/rolling-restart.sh` over three real agents while `pick` is asked
 //!   every 50 ms: it never returns the node being restarted.
+//! - `safety.rs`: issue 15's misconfigurations with real processes: a second agent with a
+//!   live node id (refused, exit 5, the live node untouched, restarts still rejoin), a member
+//!   upgraded in place (`rejected` and alerted on both sides under `exact`; a minor bump
+//!   accepted under `app-major`), and the smaller traps of the same walk.
 //! - `service.rs`: `chorus agent` as a systemd service, with real processes and a datagram
 //!   socket for systemd: `READY=1` (alone, or once it has joined a peer), `STATUS=`,
 //!   `WATCHDOG=1` only while the process runs, `STOPPING=1`; `/health` and the logged
@@ -74,6 +78,7 @@ mod partition;
 mod process;
 mod quic;
 mod rolling;
+mod safety;
 mod service;
 mod task_guard;
 mod task_lease;

@@ -268,6 +268,17 @@ impl ProcAgent {
         self.process = agent_process(&self.node_id, &self.args, log);
     }
 
+    /// Sets `flag` (one that takes a value and was given once, such as `--app-version`) for
+    /// the next [`ProcAgent::start_again`]: an operator editing the unit before a restart.
+    pub fn set_flag(&mut self, flag: &str, value: &str) {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{} was started without {flag}", self.node_id));
+        self.args[at + 1] = value.into();
+    }
+
     /// The agent's `--data-dir`.
     pub fn data_dir(&self) -> PathBuf {
         self._dir.path().join("data")

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatHandle};
+use chorus_core::alert::Alert;
 use chorus_core::consensus::{RaftTiming, Sender};
 use chorus_core::fingerprint::Fingerprint;
+use chorus_core::identity::{self, Holders};
 use chorus_core::load::LoadPolicy;
 use chorus_core::member::{NodeState, Published};
 use chorus_core::node::{Effect, Node, NodeConfig};
@@ -32,7 +34,7 @@ use crate::raftdisk::RaftStore;
 use crate::server::{self, ApiView, Input, ServerState};
 use crate::sysload;
 use crate::tasks::{GuardSettings, TaskRunner};
-use chorus_net::{NetCounters, PeerChannel, PeerMessage};
+use chorus_net::{NetCounters, PeerChannel, PeerMessage, RefusalKind};
 
 /// How often host load is sampled.
 const LOAD_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -62,6 +64,16 @@ pub enum AgentError {
     Advertise(String),
     #[error("quorum lost and --panic-exit is set: exiting (cluster panic)")]
     Panic,
+    #[error(
+        "node id {node:?} is already held by a live agent at {}; this agent (at {ours}) \
+         stops without joining: give it its own --node-id",
+        held_at.map_or_else(|| "another address".to_string(), |a| a.to_string())
+    )]
+    NodeIdConflict {
+        node: String,
+        held_at: Option<SocketAddr>,
+        ours: SocketAddr,
+    },
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
     #[error("cannot open the Raft log: {0}")]
@@ -179,6 +191,7 @@ pub async fn run(
         seeds,
         config.gossip_interval,
     );
+    let holders = Arc::new(RwLock::new(Holders::only(&config.node_id, advertise)));
     let (transport, counters, mut refusals, insecure, peer_channel, mut peer_messages) =
         match transport {
             TransportChoice::Custom(t, peers) => {
@@ -189,7 +202,8 @@ pub async fn run(
                 (t, None, mpsc::channel(1).1, false, channel, messages)
             }
             TransportChoice::FromConfig => {
-                let built = crate::transport::build(&config, advertise, &fingerprint)?;
+                let built =
+                    crate::transport::build(&config, advertise, &fingerprint, holders.clone())?;
                 (
                     built.transport,
                     Some(built.counters),
@@ -249,6 +263,8 @@ pub async fn run(
         panic_exit: config.panic_exit,
         panicked: false,
         node,
+        holders,
+        holders_revision: None,
         chitchat,
         transport,
         last_gossip_restart: None,
@@ -317,6 +333,28 @@ pub async fn run(
             }
             Some(message) = peer_messages.recv() => agent.on_peer_message(message).await,
             Some(peer) = refusals.recv() => {
+                if peer.kind == RefusalKind::NodeIdConflict {
+                    if peer.by_us {
+                        let held_at = agent.holders.read().get(&peer.node_id);
+                        agent.node.handle_node_id_conflict(now(), &peer.node_id, held_at, peer.addr);
+                        agent.apply_effects().await;
+                        continue;
+                    }
+                    // Another agent holds our id and is alive: this one gives way at once,
+                    // publishing nothing (above all not `left`, which would be about the id
+                    // the live agent holds).
+                    let held_at = identity::held_at_in_reason(&peer.reason);
+                    agent.alert(Alert::NodeIdConflict {
+                        node: config.node_id.clone(),
+                        held_at,
+                        claimed_from: advertise,
+                    });
+                    break Err(AgentError::NodeIdConflict {
+                        node: config.node_id.clone(),
+                        held_at,
+                        ours: advertise,
+                    });
+                }
                 let reason = if peer.by_us {
                     format!("refused at hello: {}", peer.reason)
                 } else {
@@ -415,6 +453,10 @@ struct Running {
     /// Quorum was lost with `--panic-exit`: the loop must end.
     panicked: bool,
     node: Node,
+    /// Where each live node id is held, for the transport's claim check.
+    holders: Arc<RwLock<Holders>>,
+    /// The members revision `holders` was made from.
+    holders_revision: Option<u64>,
     chitchat: ChitchatHandle,
     /// Kept to open a new socket if the gossip loop has to be restarted.
     transport: Arc<dyn Transport>,
@@ -447,8 +489,24 @@ impl Running {
         }
         self.node.handle_gossip(now, self.observer.observations());
         self.apply_effects().await;
+        let revision = self.node.members_revision();
+        if self.holders_revision != Some(revision) {
+            self.holders_revision = Some(revision);
+            *self.holders.write() = Holders::of(self.node.members());
+        }
         self.publish_view(now);
         self.metrics.tick(started.elapsed());
+    }
+
+    /// Logs `alert`, counts it and tells `watch` clients.
+    fn alert(&self, alert: Alert) {
+        log_alert(&self.node.config().node_id, &alert);
+        self.metrics.alert(alert.kind());
+        let _ = self.events.send(WatchEvent {
+            time_ms: unix_ms(),
+            observer: self.node.config().node_id.clone(),
+            alert,
+        });
     }
 
     async fn apply_effects(&mut self) {
@@ -458,15 +516,7 @@ impl Running {
                     let guard = self.chitchat.chitchat();
                     guard.lock().await.self_node_state().set(key, value);
                 }
-                Effect::Alert(alert) => {
-                    log_alert(&self.node.config().node_id, &alert);
-                    self.metrics.alert(alert.kind());
-                    let _ = self.events.send(WatchEvent {
-                        time_ms: unix_ms(),
-                        observer: self.node.config().node_id.clone(),
-                        alert,
-                    });
-                }
+                Effect::Alert(alert) => self.alert(alert),
                 Effect::PersistRoster(entries) => {
                     self.persisted.roster = entries;
                     let _ = self.persist("roster");

@@ -17,6 +17,9 @@ use crate::api::{effective_uid, Request, Response};
 pub enum ClientError {
     #[error("no agent at {} (is `chorus agent` running?)", .0.display())]
     NoAgent(PathBuf),
+    /// The socket (or its directory) is there but not open to this user: not "no agent".
+    #[error("permission denied on {} ({hint})", .path.display())]
+    PermissionDenied { path: PathBuf, hint: String },
     #[error(
         "refusing the agent at {path}: it is served by uid {served_by}, not by {trusted}; \
          another user may have put it there (if the agent runs as that user, pass --socket-owner {served_by})",
@@ -33,6 +36,37 @@ pub enum ClientError {
     Io(PathBuf, String),
     #[error("the agent sent an answer this chorus does not understand: {0}")]
     BadResponse(String),
+}
+
+/// What to tell a user who may not open the socket at `path`: the socket's group and mode
+/// (the agent makes it 0660, so its group's members may connect), or the directory that is
+/// closed to them.
+fn permission_denied(path: &Path) -> ClientError {
+    use std::os::unix::fs::MetadataExt;
+    let hint = match std::fs::metadata(path) {
+        Ok(meta) => {
+            let gid = meta.gid();
+            let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .map_or_else(|| gid.to_string(), |g| g.name);
+            format!(
+                "the socket is group {group}, mode {:04o}: add yourself to {group} or use sudo",
+                meta.mode() & 0o7777
+            )
+        }
+        Err(_) => {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            format!(
+                "its directory {} is not open to you: ask the agent's owner, or use sudo",
+                dir.display()
+            )
+        }
+    };
+    ClientError::PermissionDenied {
+        path: path.to_path_buf(),
+        hint,
+    }
 }
 
 pub struct Client {
@@ -52,9 +86,13 @@ impl Client {
         path: &Path,
         agent_uid: Option<u32>,
     ) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|_| ClientError::NoAgent(path.to_path_buf()))?;
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                permission_denied(path)
+            } else {
+                ClientError::NoAgent(path.to_path_buf())
+            }
+        })?;
         let served_by = stream
             .peer_cred()
             .map_err(|e| ClientError::UnknownServer {

@@ -26,6 +26,105 @@ pub enum ConfigError {
     Parse { path: PathBuf, reason: String },
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A bad value that came from the config file, named as the file's key.
+    #[error("config file {path}, line {line}, key {key}: {reason}", path = .path.display())]
+    InvalidInFile {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A config file as read: its settings and text, to name a bad value by file, line and key.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub settings: Settings,
+    text: String,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let (settings, text) = Settings::read_toml_file(path)?;
+        Ok(ConfigFile {
+            path: path.to_path_buf(),
+            settings,
+            text,
+        })
+    }
+
+    /// Names `err` as this file's key when the bad value came from the file: `flags` did not
+    /// set it and the file did. Any other error is returned as it is.
+    pub fn attribute(&self, flags: &Settings, err: ConfigError) -> ConfigError {
+        let ConfigError::Invalid { field, reason } = err else {
+            return err;
+        };
+        let from_file = |s: &Settings| s.sets(field);
+        if !from_file(&self.settings) || from_file(flags) {
+            return ConfigError::Invalid { field, reason };
+        }
+        let key = file_key(field);
+        let line = key_line(&self.text, key).unwrap_or(1);
+        ConfigError::InvalidInFile {
+            path: self.path.clone(),
+            line,
+            key: key.to_string(),
+            reason,
+        }
+    }
+}
+
+/// The config file's key for a flag named in an error (`--seed` -> `seeds`).
+fn file_key(field: &str) -> &str {
+    match field {
+        "--seed" => "seeds",
+        "--fingerprint-file" => "fingerprint-files",
+        "--tag" => "tags",
+        "--task" => "task",
+        other => other.strip_prefix("--").unwrap_or(other),
+    }
+}
+
+/// The 1-based line where `key` is set (`key = ..`) or its table starts (`[key]`,
+/// `[[key]]`).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let table = l.trim_start_matches('[').trim_end().trim_end_matches(']');
+            if l.starts_with('[') {
+                return table.trim() == key;
+            }
+            l.strip_prefix(key)
+                .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// The key a parse error at byte `at` is about: the key of that line (`key = ...`), under
+/// the table the line is in (`tags.zone`), if the line sets one.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = before[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_string());
+    // Raw file text: control characters are escaped to keep the error one line.
+    Some(crate::api::one_line(&match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    }))
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -173,6 +272,11 @@ pub struct TaskSpec {
 
 impl Settings {
     pub fn from_toml_file(path: &Path) -> Result<Settings, ConfigError> {
+        Settings::read_toml_file(path).map(|(settings, _)| settings)
+    }
+
+    /// The file's settings and its text.
+    fn read_toml_file(path: &Path) -> Result<(Settings, String), ConfigError> {
         use std::io::Read;
         let read_error = |reason: String| ConfigError::Read {
             path: path.to_path_buf(),
@@ -187,10 +291,36 @@ impl Settings {
                 "larger than {MAX_CONFIG_BYTES} bytes; is this the config file?"
             )));
         }
-        Settings::from_toml(&text).map_err(|reason| ConfigError::Parse {
+        let settings = Settings::from_toml(&text).map_err(|reason| ConfigError::Parse {
             path: path.to_path_buf(),
             reason,
-        })
+        })?;
+        Ok((settings, text))
+    }
+
+    /// Whether these settings give a value for the flag named `field` in an error.
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "--node-id" => self.node_id.is_some(),
+            "--listen" => self.listen.is_some(),
+            "--advertise" => self.advertise.is_some(),
+            "--seed" => !self.seeds.is_empty(),
+            "--cluster" => self.cluster.is_some(),
+            "--app-version" => self.app_version.is_some(),
+            "--fingerprint-file" => !self.fingerprint_files.is_empty(),
+            "--compat" => self.compat.is_some(),
+            "--gossip-interval" => self.gossip_interval.is_some(),
+            "--tag" => !self.tags.is_empty(),
+            "--log-format" => self.log_format.is_some(),
+            "--cluster-key" => self.cluster_key.is_some(),
+            "--insecure" => self.insecure.is_some(),
+            "--transport" => self.transport.is_some(),
+            "--reap-after" => self.reap_after.is_some(),
+            "--task" => !self.tasks.is_empty(),
+            "--on-split-brain" => self.on_split_brain.is_some(),
+            "--metrics-addr" => self.metrics_addr.is_some(),
+            _ => false,
+        }
     }
 
     /// Parses a config file's text. The error is one line, with the line it is about.
@@ -201,7 +331,10 @@ impl Settings {
                 Some(span) => {
                     let before = text.get(..span.start).unwrap_or(text);
                     let line = before.matches('\n').count().saturating_add(1);
-                    format!("line {line}: {message}")
+                    match key_at(text, span.start) {
+                        Some(key) => format!("line {line}, key {key}: {message}"),
+                        None => format!("line {line}: {message}"),
+                    }
                 }
                 None => message,
             }
@@ -745,7 +878,7 @@ jitter = "1m"
         assert_eq!(ok.tasks[0].name, "cleanup");
         let err = Settings::from_toml("cluster = \"c\"\n\"node\\nid\" = 1").unwrap_err();
         assert!(
-            err.starts_with("line 2: unknown field `node\\nid`"),
+            err.starts_with("line 2, key node\\nid: unknown field `node\\nid`"),
             "{err}"
         );
     }
@@ -806,6 +939,57 @@ mod tests {
         assert_eq!(c.seeds, vec!["127.0.0.1:1".to_string()]);
         assert_eq!(c.tags.get("zone").unwrap(), "b");
         assert_eq!(c.tags.get("read_only").unwrap(), "true");
+    }
+
+    #[test]
+    fn a_malformed_value_names_its_line_and_key() {
+        let err = Settings::from_toml("cluster = \"c\"\nexpect = \"three\"\n").unwrap_err();
+        assert!(err.starts_with("line 2, key expect: invalid type"), "{err}");
+        let err = Settings::from_toml("cluster = \"c\"\n[tags]\nzone = 1\n").unwrap_err();
+        assert!(err.starts_with("line 3, key tags.zone:"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_file_is_named_as_a_file_key_and_a_flag_as_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "node-id = \"n1\"\n# how often to gossip\ngossip-interval = \"fast\"\nseeds = [\"nope\"]\n",
+        )
+        .unwrap();
+        let file = ConfigFile::read(&path).unwrap();
+        let named = |flags: Settings| {
+            let err = flags
+                .clone()
+                .over(file.settings.clone())
+                .validate()
+                .unwrap_err();
+            file.attribute(&flags, err).to_string()
+        };
+        // The file's seeds are checked first: a list from the file names its key.
+        let err = named(Settings::default());
+        let expected = format!("config file {}, line 4, key seeds: ", path.display());
+        assert!(err.starts_with(&expected), "{err}");
+        // With the seeds given as flags, the file's interval is the file's.
+        let seeds = vec!["127.0.0.1:1".to_string()];
+        let err = named(Settings {
+            seeds: seeds.clone(),
+            ..Settings::default()
+        });
+        let expected = format!(
+            "config file {}, line 3, key gossip-interval: ",
+            path.display()
+        );
+        assert!(err.starts_with(&expected), "{err}");
+        assert!(!err.contains("--gossip-interval"), "{err}");
+        // Given as a flag, the same mistake is the flag's.
+        let err = named(Settings {
+            seeds,
+            gossip_interval: Some("fast".into()),
+            ..Settings::default()
+        });
+        assert!(err.starts_with("invalid --gossip-interval:"), "{err}");
     }
 
     #[test]

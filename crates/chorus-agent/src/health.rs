@@ -130,6 +130,7 @@ mod tests {
             leader: Some("n2".into()),
             epoch: 4,
             state: NodeState::Active,
+            raft: Default::default(),
         }
     }
 

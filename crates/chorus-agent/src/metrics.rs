@@ -639,6 +639,7 @@ mod tests {
             leader: None,
             epoch: 0,
             state: chorus_core::member::NodeState::Active,
+            raft: Default::default(),
         };
         metrics.update_status(&status, false);
         metrics.tick(Duration::from_micros(10));

@@ -239,6 +239,7 @@ mod tests {
             leader: leader.map(Into::into),
             epoch: 2,
             state: NodeState::Active,
+            raft: Default::default(),
         }
     }
 

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use chitchat::transport::Transport;
 use chorus_core::fingerprint::{CompatPolicy, Fingerprint};
+use chorus_core::identity::Holders;
 use chorus_net::{
     ClusterCa, CountingUdpTransport, Hello, HelloTemplate, NetCounters, NodeIdentity, PeerChannel,
     PeerMessage, QuicConfig, QuicTransport, RejectedPeer, TlsMode,
 };
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, Security, TransportKind};
@@ -28,6 +30,16 @@ pub enum TransportError {
     NoKey,
     #[error("cannot read {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error(
+        "the cluster key {path} was made for cluster {key_cluster:?}, but this agent is \
+         --cluster {cluster:?}: start it with --cluster {key_cluster} (or use the key made for \
+         {cluster:?})"
+    )]
+    ClusterMismatch {
+        path: String,
+        key_cluster: String,
+        cluster: String,
+    },
 }
 
 pub struct BuiltTransport {
@@ -89,6 +101,14 @@ fn tls_mode(config: &AgentConfig) -> Result<TlsMode, TransportError> {
         Some(Security::Insecure) => Ok(TlsMode::Insecure),
         Some(Security::ClusterKey(path)) => {
             let ca = ClusterCa::from_pem(&read(path)?).map_err(|e| key_err(path, e))?;
+            // Every peer would refuse it at the hello ("cluster name"): say so at start.
+            if ca.cluster_name() != config.cluster {
+                return Err(TransportError::ClusterMismatch {
+                    path: path.display().to_string(),
+                    key_cluster: ca.cluster_name().to_string(),
+                    cluster: config.cluster.clone(),
+                });
+            }
             let identity =
                 NodeIdentity::mint(&ca, &config.node_id).map_err(|e| key_err(path, e))?;
             Ok(TlsMode::Mutual(identity))
@@ -101,10 +121,13 @@ fn tls_mode(config: &AgentConfig) -> Result<TlsMode, TransportError> {
     }
 }
 
+/// `holders` is where each live node id is held, kept current by the agent loop: a hello
+/// claiming one of them from another address is refused as a node-id conflict.
 pub fn build(
     config: &AgentConfig,
     advertise: SocketAddr,
     fingerprint: &Fingerprint,
+    holders: Arc<RwLock<Holders>>,
 ) -> Result<BuiltTransport, TransportError> {
     let counters = NetCounters::new();
     let (tx, refusals) = mpsc::channel(REFUSAL_QUEUE);
@@ -136,6 +159,7 @@ pub fn build(
             );
             let quic = QuicConfig::new(tls, hello)
                 .with_policy(policy)
+                .with_claim_check(move |peer, at| holders.read().check_claim(&peer.node_id, at))
                 .with_reject_observer(move |peer| {
                     let _ = tx.try_send(peer);
                 })
@@ -182,5 +206,34 @@ mod tests {
         let mut junk = hello("prod", &ours);
         junk.fingerprint = "garbage".into();
         assert!(policy(&junk).is_err());
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn a_cluster_key_made_for_another_cluster_name_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.pem");
+        std::fs::write(&path, ClusterCa::generate("shop").unwrap().to_pem()).unwrap();
+        let config = |cluster: &str| {
+            Settings {
+                node_id: Some("n1".into()),
+                cluster: Some(cluster.into()),
+                cluster_key: Some(path.clone()),
+                ..Settings::default()
+            }
+            .validate()
+            .unwrap()
+        };
+        assert!(tls_mode(&config("shop")).is_ok());
+        let err = tls_mode(&config("prod")).unwrap_err().to_string();
+        assert!(
+            err.contains("was made for cluster \"shop\"") && err.contains("--cluster \"prod\""),
+            "{err}"
+        );
     }
 }

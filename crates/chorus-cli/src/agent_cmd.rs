@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chorus_agent::config::{parse_tag, Settings, TaskSettings};
+use chorus_agent::config::{parse_tag, ConfigFile, Settings, TaskSettings};
 use chorus_agent::datadir::DataDirError;
 use chorus_agent::{logging, AgentError, Exit, Stop, TransportChoice};
 
@@ -15,6 +15,9 @@ pub const USAGE_EXIT_CODE: u8 = 2;
 /// Exit code of an agent whose gossip loop ended twice within a minute: restarting it at once
 /// would not help (a supervisor should wait, then start it again).
 pub const GOSSIP_EXIT_CODE: u8 = 4;
+/// Exit code of an agent refused because a live agent holds its node id: restarting it with
+/// the same id cannot help while the other lives (`RestartPreventExitStatus=5` under systemd).
+pub const NODE_ID_CONFLICT_EXIT_CODE: u8 = 5;
 use clap::Args;
 
 /// Agent flags; each may also be set in the `--config` TOML file under the same name
@@ -111,10 +114,12 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn settings(self) -> anyhow::Result<Settings> {
+    /// The merged settings, checked: a bad value from the config file is named by the file's
+    /// path, line and key, one from a flag by the flag.
+    fn config(self) -> anyhow::Result<chorus_agent::AgentConfig> {
         let file = match &self.config {
-            Some(path) => Settings::from_toml_file(path)?,
-            None => Settings::default(),
+            Some(path) => Some(ConfigFile::read(path)?),
+            None => None,
         };
         let tags = self
             .tags
@@ -153,13 +158,21 @@ impl AgentArgs {
                 .map(|t| TaskSettings::parse_flag(t))
                 .collect::<Result<_, _>>()?,
         };
-        Ok(flags.over(file))
+        let settings = flags.clone().over(
+            file.as_ref()
+                .map(|f| f.settings.clone())
+                .unwrap_or_default(),
+        );
+        settings.validate().map_err(|e| match &file {
+            Some(file) => file.attribute(&flags, e).into(),
+            None => e.into(),
+        })
     }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // A bad setting is a usage error (exit 2), like a bad flag.
-    let config = match args.settings().and_then(|s| Ok(s.validate()?)) {
+    let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("chorus: {e:#}");
@@ -187,6 +200,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         Err(e @ AgentError::GossipDied(_)) => {
             eprintln!("chorus: {e}");
             return Ok(ExitCode::from(GOSSIP_EXIT_CODE));
+        }
+        Err(e @ AgentError::NodeIdConflict { .. }) => {
+            eprintln!("chorus: {e}");
+            return Ok(ExitCode::from(NODE_ID_CONFLICT_EXIT_CODE));
         }
         other => other.context("agent failed")?,
     };

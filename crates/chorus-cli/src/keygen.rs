@@ -1,7 +1,7 @@
 //! `chorus keygen`: a new cluster CA, written once, readable by its owner only.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -22,6 +22,15 @@ pub fn run(out: &Path, cluster: &str) -> anyhow::Result<ExitCode> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // A missing directory (`/etc/chorus` on a fresh host) is made, private: the file holds
+    // the CA's private key.
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    }
     let tmp = dir.join(format!(".chorus-keygen-{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()

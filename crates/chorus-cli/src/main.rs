@@ -17,9 +17,17 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `chorus --version`: the crate version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CHORUS_GIT_COMMIT"),
+    ")"
+);
+
 /// chorus: peer-to-peer cluster membership, split-brain detection and leader election.
 #[derive(Parser, Debug)]
-#[command(name = "chorus", version, propagate_version = true)]
+#[command(name = "chorus", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

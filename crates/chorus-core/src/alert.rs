@@ -19,6 +19,41 @@ pub enum Severity {
     Error,
 }
 
+/// What differs about a rejected peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCause {
+    /// Its version fingerprint is incompatible (app version, fingerprint files, chorus).
+    #[default]
+    VersionMismatch,
+    /// It belongs to a cluster of another name.
+    ClusterMismatch,
+    /// It speaks another chorus wire protocol.
+    ProtocolMismatch,
+}
+
+impl RejectCause {
+    /// The cause a refusal's reason names (the hello policy's words, also as a peer sent
+    /// them: "cluster name ...", "wire protocol ..."); anything else is a version.
+    pub fn of_reason(reason: &str) -> RejectCause {
+        if reason.contains("cluster name") {
+            RejectCause::ClusterMismatch
+        } else if reason.contains("wire protocol") {
+            RejectCause::ProtocolMismatch
+        } else {
+            RejectCause::VersionMismatch
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            RejectCause::VersionMismatch => "another version",
+            RejectCause::ClusterMismatch => "another cluster",
+            RejectCause::ProtocolMismatch => "another wire protocol",
+        }
+    }
+}
+
 /// Something an operator should hear about. Each variant is emitted once per event, never
 /// once per tick.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,10 +71,23 @@ pub enum Alert {
     NodeLeft {
         node: NodeId,
     },
+    /// A peer refused at its hello or shown `rejected` by gossip: another version, another
+    /// cluster or another wire protocol (`cause`).
     VersionRejected {
         node: NodeId,
         addr: Option<SocketAddr>,
         reason: String,
+        #[serde(default)]
+        cause: RejectCause,
+    },
+    /// A second agent claimed the node id of a live one. The live agent keeps the id; the
+    /// claimant is refused at every hello and exits.
+    NodeIdConflict {
+        node: NodeId,
+        /// Where the agent that holds the id is alive (unknown when the refusal did not say).
+        held_at: Option<SocketAddr>,
+        /// Where the second agent claimed it from.
+        claimed_from: SocketAddr,
     },
     /// Several members were lost within one window: a partition, not N separate failures.
     SplitBrainSuspected {
@@ -89,11 +137,12 @@ pub enum Alert {
 
 /// Every [`Alert::kind`], in declaration order: what the metrics show at 0 before the first
 /// alert of a kind. A new variant goes here as well as in `kind` (a test checks both agree).
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 14] = [
     "node_joined",
     "node_failed",
     "node_left",
     "version_rejected",
+    "node_id_conflict",
     "split_brain_suspected",
     "quorum_lost",
     "quorum_regained",
@@ -122,6 +171,7 @@ impl Alert {
             Alert::DualLeader { .. } => "dual_leader",
             Alert::PersistFailed { .. } => "persist_failed",
             Alert::GossipRestarted { .. } => "gossip_restarted",
+            Alert::NodeIdConflict { .. } => "node_id_conflict",
         }
     }
 
@@ -137,9 +187,10 @@ impl Alert {
             | Alert::SplitBrainHealed { .. }
             | Alert::LeaderChanged { .. }
             | Alert::GossipRestarted { .. } => Severity::Warn,
-            Alert::QuorumLost { .. } | Alert::DualLeader { .. } | Alert::PersistFailed { .. } => {
-                Severity::Error
-            }
+            Alert::QuorumLost { .. }
+            | Alert::DualLeader { .. }
+            | Alert::PersistFailed { .. }
+            | Alert::NodeIdConflict { .. } => Severity::Error,
         }
     }
 
@@ -150,6 +201,7 @@ impl Alert {
             | Alert::NodeFailed { node, .. }
             | Alert::NodeLeft { node }
             | Alert::VersionRejected { node, .. }
+            | Alert::NodeIdConflict { node, .. }
             | Alert::NodeReaped { node, .. } => Some(node),
             Alert::LeaderChanged { new, .. } => new.as_deref(),
             _ => None,
@@ -173,8 +225,25 @@ impl fmt::Display for Alert {
             }
             Alert::NodeFailed { node, addr } => write!(f, "node {node} at {addr} failed"),
             Alert::NodeLeft { node } => write!(f, "node {node} left the cluster"),
-            Alert::VersionRejected { node, reason, .. } => {
-                write!(f, "node {node} refused: {reason}")
+            Alert::VersionRejected {
+                node,
+                reason,
+                cause,
+                ..
+            } => {
+                write!(f, "node {node} refused, {}: {reason}", cause.what())
+            }
+            Alert::NodeIdConflict {
+                node,
+                held_at,
+                claimed_from,
+            } => {
+                let held = held_at.map_or_else(|| "another address".to_string(), |a| a.to_string());
+                write!(
+                    f,
+                    "node id {node} claimed by a second agent at {claimed_from} while the agent at \
+                     {held} is alive: refused (give each agent its own --node-id)"
+                )
             }
             Alert::SplitBrainSuspected { lost, reachable } => write!(
                 f,
@@ -255,6 +324,71 @@ fn list(ids: &[NodeId]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_serde_tag_is_the_kind_name() {
+        let alerts = [
+            Alert::NodeIdConflict {
+                node: "web1".into(),
+                held_at: Some("127.0.0.1:1".parse().unwrap()),
+                claimed_from: "127.0.0.1:2".parse().unwrap(),
+            },
+            Alert::VersionRejected {
+                node: "web3".into(),
+                addr: None,
+                reason: "cluster name \"x\"".into(),
+                cause: RejectCause::ClusterMismatch,
+            },
+        ];
+        for alert in alerts {
+            let json = serde_json::to_value(&alert).unwrap();
+            assert_eq!(json["alert"], alert.kind());
+        }
+    }
+
+    #[test]
+    fn a_node_id_conflict_names_both_addresses_and_is_an_error() {
+        let alert = Alert::NodeIdConflict {
+            node: "web1".into(),
+            held_at: Some("127.0.0.1:7001".parse().unwrap()),
+            claimed_from: "127.0.0.1:7009".parse().unwrap(),
+        };
+        let text = alert.to_string();
+        assert!(
+            text.contains("127.0.0.1:7001") && text.contains("127.0.0.1:7009"),
+            "{text}"
+        );
+        assert_eq!(alert.severity(), Severity::Error);
+        assert_eq!(alert.node(), Some("web1"));
+    }
+
+    #[test]
+    fn a_cluster_mismatch_is_its_own_cause_not_a_version() {
+        let reason = "refused at hello: cluster name \"test\" (ours \"prod\")";
+        let cause = RejectCause::of_reason(reason);
+        assert_eq!(cause, RejectCause::ClusterMismatch);
+        let alert = Alert::VersionRejected {
+            node: "x".into(),
+            addr: None,
+            reason: reason.into(),
+            cause,
+        };
+        let json = serde_json::to_value(&alert).unwrap();
+        assert_eq!(json["cause"], "cluster_mismatch");
+        let text = alert.to_string();
+        assert!(
+            text.contains("another cluster") && !text.contains("version"),
+            "{text}"
+        );
+        assert_eq!(
+            RejectCause::of_reason("app version \"2.1\" (ours \"2.0\")"),
+            RejectCause::VersionMismatch
+        );
+        assert_eq!(
+            RejectCause::of_reason("wire protocol 3 (ours 2)"),
+            RejectCause::ProtocolMismatch
+        );
+    }
+
     /// One alert of each variant. The match below has no wildcard, so a new variant does not
     /// compile until it is added here, and the test then asks for it in [`KINDS`].
     fn one_of_each() -> Vec<Alert> {
@@ -272,6 +406,12 @@ mod tests {
                 node: node(),
                 addr: None,
                 reason: String::new(),
+                cause: RejectCause::VersionMismatch,
+            },
+            Alert::NodeIdConflict {
+                node: node(),
+                held_at: None,
+                claimed_from: addr,
             },
             Alert::SplitBrainSuspected {
                 lost: vec![],
@@ -311,6 +451,7 @@ mod tests {
                 | Alert::NodeFailed { .. }
                 | Alert::NodeLeft { .. }
                 | Alert::VersionRejected { .. }
+                | Alert::NodeIdConflict { .. }
                 | Alert::SplitBrainSuspected { .. }
                 | Alert::QuorumLost { .. }
                 | Alert::QuorumRegained { .. }

@@ -25,6 +25,7 @@ pub mod admission;
 pub mod alert;
 pub mod consensus;
 pub mod fingerprint;
+pub mod identity;
 pub mod leader;
 pub mod load;
 pub mod member;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::Alert;
+use crate::alert::{Alert, RejectCause};
 use crate::consensus::{
     self, Consensus, ConsensusConfig, MessageError, Output, PeerFacts, RaftDisk, RaftTiming,
     RaftWrite, Sender,
@@ -206,6 +206,8 @@ pub struct Node {
     rejections: HashMap<NodeId, String>,
     /// Peers the transport refused at the hello: node id -> (address, reason, when).
     refused: HashMap<NodeId, (SocketAddr, String, Instant)>,
+    /// Second agents refused for claiming a live node id: (id, their address) -> last seen.
+    conflicts: HashMap<(NodeId, SocketAddr), Instant>,
     /// Since when each roster member has been down, for reaping.
     down_since: HashMap<NodeId, Instant>,
     split: SplitDetector,
@@ -253,6 +255,7 @@ impl Node {
             now,
             down_since: HashMap::new(),
             refused: HashMap::new(),
+            conflicts: HashMap::new(),
             config,
             roster,
             view,
@@ -289,6 +292,7 @@ impl Node {
         }
         let ctx = ViewContext {
             self_id: &self.config.node_id,
+            self_addr: self.config.advertise_addr,
             fingerprint: &self.config.fingerprint,
             policy: self.config.policy,
             suspect_after: self.config.suspect_after,
@@ -317,8 +321,10 @@ impl Node {
                 }
                 Status::Left => roster_changed |= self.roster.remove(&m.node_id),
                 Status::Rejected => {
-                    // Another version is not a member: it must not count against quorum.
-                    roster_changed |= self.roster.remove(&m.node_id);
+                    // Another version never counts as up. A roster member stays in the roster,
+                    // down (reaped like a dead one): a member upgraded in place, or a node that
+                    // finds every peer of its roster on another version, must not shrink its
+                    // roster to the compatible few and so count itself a majority.
                     let reason = m.reason.as_deref().unwrap_or_default();
                     if self.rejections.get(&m.node_id).map(String::as_str) != Some(reason) {
                         self.rejections
@@ -327,6 +333,7 @@ impl Node {
                             node: m.node_id.clone(),
                             addr: Some(m.addr),
                             reason: reason.to_string(),
+                            cause: RejectCause::of_reason(reason),
                         });
                     }
                 }
@@ -533,6 +540,32 @@ impl Node {
             .push_back(Effect::Alert(Alert::GossipRestarted {
                 reason: reason.to_string(),
             }));
+    }
+
+    /// The transport refused a second agent claiming the node id `node_id` from `claimed_from`
+    /// while the agent at `held_at` holds it (see [`crate::identity`]). Alerted once per
+    /// claimant address while it keeps trying (within [`REFUSED_SHOWN_FOR`]); the member's row,
+    /// roster entry and leadership are untouched.
+    pub fn handle_node_id_conflict(
+        &mut self,
+        now: Instant,
+        node_id: &str,
+        held_at: Option<SocketAddr>,
+        claimed_from: SocketAddr,
+    ) {
+        self.conflicts
+            .retain(|_, at| now.saturating_duration_since(*at) < REFUSED_SHOWN_FOR);
+        let key = (node_id.to_string(), claimed_from);
+        if self.conflicts.contains_key(&key) || self.conflicts.len() >= MAX_PUBLISHED_REFUSALS {
+            self.conflicts.entry(key).and_modify(|at| *at = now);
+            return;
+        }
+        self.conflicts.insert(key, now);
+        self.effects.push_back(Effect::Alert(Alert::NodeIdConflict {
+            node: node_id.to_string(),
+            held_at,
+            claimed_from,
+        }));
     }
 
     /// The transport refused a peer at its hello (another cluster or version). It is shown as

@@ -1,8 +1,9 @@
 //! The member view: from what gossip says about every incarnation of every node, one row per
 //! node id with a status.
 //!
-//! Rules, in order, for the newest complete incarnation of a node (highest generation whose
-//! fingerprint has fully arrived; a restart leaves the old generation behind as dead until
+//! Rules, in order, for the believed incarnation of a node ([`believed`]: the newest complete
+//! one, i.e. highest generation whose fingerprint has fully arrived, unless an older live one
+//! at another address shadows it; a restart leaves the old generation behind as dead until
 //! chitchat collects it, so rows are keyed by node id):
 //! 1. it published `state=left` -> `left`;
 //! 2. its fingerprint is incompatible under the policy -> `rejected` (never alive, never counted);
@@ -11,8 +12,9 @@
 //! 5. else `alive`.
 //!
 //! A roster member that gossip does not know at all (collected, or not heard from since this
-//! node restarted) is `dead` at its last known address; a peer refused at its hello that
-//! neither knows is `rejected`.
+//! node restarted) is `dead` at its last known address; a peer refused at its hello is
+//! `rejected` unless gossip shows it up (a refused peer never gossips again, so its last
+//! incarnation, `dead` or `left`, would otherwise hide the refusal).
 //!
 //! Every agent tick hands the view a full snapshot, but from one tick to the next almost no
 //! row changes. Rows are therefore updated in place and shared (`Arc`) with whoever published
@@ -55,6 +57,8 @@ pub struct Seen {
 #[derive(Clone, Debug)]
 pub struct ViewContext<'a> {
     pub self_id: &'a str,
+    /// This node's gossip address: incarnations of its id elsewhere are another agent's.
+    pub self_addr: SocketAddr,
     pub fingerprint: &'a Fingerprint,
     pub policy: CompatPolicy,
     pub suspect_after: Duration,
@@ -107,22 +111,7 @@ impl MemberView {
         refused: &[Refused<'_>],
         ctx: &ViewContext<'_>,
     ) {
-        // The newest complete incarnation of each node (the first one seen, on a tie), in id
-        // order. chitchat hands them sorted, so the sort only checks.
-        let mut newest: Vec<&Observation> = observations
-            .iter()
-            .filter(|o| o.published.fingerprint.is_some())
-            .collect();
-        newest.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        newest.dedup_by(|later, kept| {
-            if later.node_id != kept.node_id {
-                return false;
-            }
-            if later.generation > kept.generation {
-                *kept = *later;
-            }
-            true
-        });
+        let newest = believed(observations, ctx);
 
         self.updates += 1;
         let mut changed = false;
@@ -153,11 +142,7 @@ impl MemberView {
             });
         }
         for r in refused {
-            changed |= self.produce(r.node_id, r.addr, |row| {
-                row.seen = None;
-                row.heartbeat = None;
-                show_unseen(&mut row.member, r.addr, Status::Rejected, Some(&r.reason))
-            });
+            changed |= self.produce_refused(r);
         }
         let before = self.rows.len();
         let update = self.updates;
@@ -196,6 +181,30 @@ impl MemberView {
         refresh(&mut row);
         self.rows.insert(id.to_string(), row);
         true
+    }
+
+    /// Shows a refused peer `rejected`, unless this update already shows it up (live gossip
+    /// outweighs a refusal, which may be minutes old) or rejected. A refusal does replace a
+    /// row that is dead or `left`: a known member that restarts with another version is
+    /// refused at every hello and never gossips again, so its last incarnation would
+    /// otherwise stay on display and the refusal would never be seen.
+    fn produce_refused(&mut self, r: &Refused<'_>) -> bool {
+        let update = self.updates;
+        let refresh = |row: &mut Row| {
+            row.seen = None;
+            row.heartbeat = None;
+            show_unseen(&mut row.member, r.addr, Status::Rejected, Some(&r.reason))
+        };
+        match self.rows.get_mut(r.node_id) {
+            Some(row) if row.update == update => {
+                let status = row.member.status;
+                if status.is_up() || status == Status::Rejected {
+                    return false;
+                }
+                refresh(row)
+            }
+            _ => self.produce(r.node_id, r.addr, refresh),
+        }
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {
@@ -260,6 +269,61 @@ impl MemberView {
             self.revision += 1;
         }
     }
+}
+
+/// The incarnation believed for each node id, in id order: of the complete incarnations
+/// (fingerprint arrived), the newest (the first one seen, on a tie) that no older live
+/// incarnation at another address shadows. A node id belongs to one live agent: a newer
+/// incarnation from another address while the older one is alive and has not left is a
+/// second agent claiming the id (`alert=node_id_conflict`), not a restart, so it never
+/// becomes the member and its `left` never removes the live one. A restart at the same
+/// address, or at another once the old incarnation is dead or left, is believed. For this
+/// node itself only incarnations at its own address count: it knows it is alive.
+pub fn believed<'a>(
+    observations: &'a [Observation],
+    ctx: &ViewContext<'_>,
+) -> Vec<&'a Observation> {
+    let mut complete: Vec<&Observation> = observations
+        .iter()
+        .filter(|o| o.published.fingerprint.is_some())
+        .collect();
+    // chitchat hands them sorted, so the sort only checks; stable, so ties keep their order.
+    complete.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let mut out = Vec::new();
+    for group in complete.chunk_by(|a, b| a.node_id == b.node_id) {
+        let is_self = group[0].node_id == ctx.self_id;
+        let shadowed = |o: &Observation| {
+            if is_self {
+                return o.addr != ctx.self_addr;
+            }
+            group.iter().any(|older| {
+                older.generation < o.generation
+                    && older.addr != o.addr
+                    && older.live
+                    && older.published.state != NodeState::Left
+            })
+        };
+        let mut best: Option<&Observation> = None;
+        for o in group.iter().filter(|o| !shadowed(o)) {
+            if best.is_none_or(|b| o.generation > b.generation) {
+                best = Some(o);
+            }
+        }
+        // Only this node's own row can lose every incarnation (gossip about its id from
+        // elsewhere): it then falls back to the newest, as before.
+        if let Some(best) = best.or_else(|| {
+            group
+                .iter()
+                .copied()
+                .fold(None, |b: Option<&Observation>, o| match b {
+                    Some(b) if b.generation >= o.generation => Some(b),
+                    _ => Some(o),
+                })
+        }) {
+            out.push(best);
+        }
+    }
+    out
 }
 
 fn judge(

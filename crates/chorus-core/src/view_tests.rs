@@ -25,15 +25,41 @@ impl Reference {
         roster: &Roster,
         ctx: &ViewContext<'_>,
     ) {
+        // Believed: the newest complete incarnation that no older live one at another address
+        // shadows (for this node: only those at its own address), else the newest.
+        let complete: Vec<&Observation> = observations
+            .iter()
+            .filter(|o| o.published.fingerprint.is_some())
+            .collect();
+        let shadowed = |o: &Observation| {
+            if o.node_id == ctx.self_id {
+                return o.addr != ctx.self_addr;
+            }
+            complete.iter().any(|older| {
+                older.node_id == o.node_id
+                    && older.generation < o.generation
+                    && older.addr != o.addr
+                    && older.live
+                    && older.published.state != NodeState::Left
+            })
+        };
         let mut newest: BTreeMap<&str, &Observation> = BTreeMap::new();
-        for obs in observations {
-            if obs.published.fingerprint.is_none() {
+        let mut fallback: BTreeMap<&str, &Observation> = BTreeMap::new();
+        for obs in complete.iter().copied() {
+            let slot = fallback.entry(obs.node_id.as_str()).or_insert(obs);
+            if obs.generation > slot.generation {
+                *slot = obs;
+            }
+            if shadowed(obs) {
                 continue;
             }
             let slot = newest.entry(obs.node_id.as_str()).or_insert(obs);
             if obs.generation > slot.generation {
                 *slot = obs;
             }
+        }
+        for (id, obs) in fallback {
+            newest.entry(id).or_insert(obs);
         }
         let mut members = BTreeMap::new();
         let mut seen = BTreeMap::new();
@@ -86,12 +112,19 @@ impl Reference {
         self.seen = seen;
     }
 
+    /// A refusal shows the node rejected unless it is up or rejected already.
     fn add_refused(&mut self, r: &Refused<'_>) {
-        self.members
-            .entry(r.node_id.to_string())
-            .or_insert_with(|| {
-                Member::unseen(r.node_id, r.addr, Status::Rejected, Some(&r.reason))
-            });
+        if self
+            .members
+            .get(r.node_id)
+            .is_some_and(|m| m.status.is_up() || m.status == Status::Rejected)
+        {
+            return;
+        }
+        let row = Member::unseen(r.node_id, r.addr, Status::Rejected, Some(&r.reason));
+        self.members.insert(r.node_id.to_string(), row);
+        self.seen.remove(r.node_id);
+        self.heartbeats.remove(r.node_id);
     }
 
     fn set_leader(&mut self, leader: Option<&str>) {
@@ -238,6 +271,7 @@ proptest! {
         let ours = fp("1.0");
         let ctx = ViewContext {
             self_id: "n0",
+            self_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
             fingerprint: &ours,
             policy: CompatPolicy::Exact,
             suspect_after: Duration::from_secs(2),

@@ -40,8 +40,8 @@ pub use peer::{
     PeerChannel, PeerMessage, PeerTransport, MAX_RAFT_MESSAGE_SIZE, PEER_INBOX_CAPACITY,
 };
 pub use quic::{
-    default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig, QuicTransport,
-    QuicTuning, RejectObserver, RejectedPeer, PROTOCOL_VERSION,
+    default_policy, ClaimCheck, Hello, HelloError, HelloPolicy, HelloTemplate, QuicConfig,
+    QuicTransport, QuicTuning, RefusalKind, RejectObserver, RejectedPeer, PROTOCOL_VERSION,
 };
 pub use tls::{CertificateNames, ClusterCa, NodeIdentity, TlsError, TlsMode};
 pub use udp::{CountingUdpTransport, MAX_UDP_PAYLOAD};

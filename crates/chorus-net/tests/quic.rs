@@ -9,7 +9,9 @@ use std::time::Duration;
 use chitchat::transport::Transport;
 use chitchat::{ChitchatMessage, Serializable};
 use chorus_net::quic::PEER_QUEUE_CAPACITY;
-use chorus_net::{ClusterCa, HelloTemplate, NodeIdentity, QuicConfig, QuicTransport, TlsMode};
+use chorus_net::{
+    ClusterCa, HelloTemplate, NodeIdentity, QuicConfig, QuicTransport, RefusalKind, TlsMode,
+};
 use common::{
     assert_silent, big_syn_bytes, decode, eventually, fast_tuning, free_addr, quic, quic_config,
     quic_tuned, recv, syn, wire, Refusals,
@@ -459,4 +461,55 @@ async fn connected_peers_are_those_a_message_costs_no_handshake() {
         !connected(socket_a.as_ref()).contains(&addr_b)
     })
     .await;
+}
+
+/// `b` holds the node id "a" at `held`; a second "a" from elsewhere is
+/// refused as a node-id conflict, whichever side dials, and learns it is one.
+async fn a_claim_on_a_held_node_id_is_refused_as_a_conflict(claimant_dials: bool) {
+    let ca = ClusterCa::generate("claims").unwrap();
+    let (seen_a, seen_b) = (Refusals::default(), Refusals::default());
+    let held: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let a = QuicTransport::new(quic_config(&ca, "a").with_reject_observer(seen_a.observer()));
+    let b = QuicTransport::new(
+        quic_config(&ca, "b")
+            .with_reject_observer(seen_b.observer())
+            .with_claim_check(move |peer, at| {
+                if peer.node_id == "a" && at != held {
+                    Err(format!("node id \"a\" is held by a live agent at {held}"))
+                } else {
+                    Ok(())
+                }
+            }),
+    );
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let mut socket_a = a.open(addr_a).await.unwrap();
+    let mut socket_b = b.open(addr_b).await.unwrap();
+    if claimant_dials {
+        socket_a.send(addr_b, syn("hi")).await.unwrap();
+    } else {
+        socket_b.send(addr_a, syn("hi")).await.unwrap();
+    }
+    eventually("both observers", || {
+        !seen_a.list().is_empty() && !seen_b.list().is_empty()
+    })
+    .await;
+    let refused = seen_a.list()[0].clone();
+    let refuser = seen_b.list()[0].clone();
+    assert_eq!(refused.kind, RefusalKind::NodeIdConflict);
+    assert_eq!(refuser.kind, RefusalKind::NodeIdConflict);
+    assert!(!refused.by_us && refuser.by_us);
+    assert_eq!((refuser.node_id.as_str(), refuser.addr), ("a", addr_a));
+    assert!(refused.reason.contains("127.0.0.1:9"), "{}", refused.reason);
+    assert_silent(&mut socket_a, QUIET).await;
+    assert_silent(&mut socket_b, QUIET).await;
+}
+
+#[tokio::test]
+async fn a_dialer_claiming_a_held_node_id_is_refused_as_a_conflict() {
+    a_claim_on_a_held_node_id_is_refused_as_a_conflict(true).await;
+}
+
+#[tokio::test]
+async fn an_acceptor_claiming_a_held_node_id_is_refused_as_a_conflict() {
+    a_claim_on_a_held_node_id_is_refused_as_a_conflict(false).await;
 }

@@ -12,10 +12,12 @@ use rustls::pki_types::CertificateDer;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
-use super::hello::{truncate_reason, Hello, RejectedPeer, MAX_HELLO_SIZE};
+use super::hello::{truncate_reason, Hello, RefusalKind, RejectedPeer, MAX_HELLO_SIZE};
 use super::links::Role;
 use super::shared::Shared;
-use super::{CLOSE_HELLO_INVALID, CLOSE_HELLO_REJECTED, CLOSE_IDENTITY_MISMATCH};
+use super::{
+    CLOSE_HELLO_INVALID, CLOSE_HELLO_REJECTED, CLOSE_IDENTITY_MISMATCH, CLOSE_NODE_ID_CONFLICT,
+};
 use crate::tls::{CertificateNames, TLS_SERVER_NAME};
 
 /// Why a connection did not come up.
@@ -26,6 +28,7 @@ enum Failure {
         by_us: bool,
         peer: Option<Hello>,
         reason: String,
+        kind: RefusalKind,
     },
     /// We refused a peer whose hello claims a node id its certificate does
     /// not vouch for.
@@ -57,18 +60,32 @@ fn is_auth_failure(err: &ConnectionError) -> bool {
     }
 }
 
+/// Which check of the peer refused us, from its close code; `None` for a
+/// close that is not a refusal.
+pub(crate) fn refusal_kind(code: VarInt) -> Option<RefusalKind> {
+    if code == VarInt::from_u32(CLOSE_HELLO_REJECTED) {
+        Some(RefusalKind::Policy)
+    } else if code == VarInt::from_u32(CLOSE_IDENTITY_MISMATCH) {
+        Some(RefusalKind::Identity)
+    } else if code == VarInt::from_u32(CLOSE_NODE_ID_CONFLICT) {
+        Some(RefusalKind::NodeIdConflict)
+    } else {
+        None
+    }
+}
+
 fn from_connection_error(err: ConnectionError) -> Failure {
-    match &err {
-        ConnectionError::ApplicationClosed(close)
-            if close.error_code == VarInt::from_u32(CLOSE_HELLO_REJECTED)
-                || close.error_code == VarInt::from_u32(CLOSE_IDENTITY_MISMATCH) =>
-        {
-            Failure::Refused {
+    if let ConnectionError::ApplicationClosed(close) = &err {
+        if let Some(kind) = refusal_kind(close.error_code) {
+            return Failure::Refused {
                 by_us: false,
                 peer: None,
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
-            }
+                kind,
+            };
         }
+    }
+    match &err {
         ConnectionError::ApplicationClosed(close)
             if close.error_code == VarInt::from_u32(CLOSE_HELLO_INVALID) =>
         {
@@ -182,9 +199,15 @@ async fn refuse(shared: &Shared, conn: &Connection, send: SendStream, code: u32,
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
-/// Runs the hello on a fresh connection, checks the peer's identity and
-/// applies our policy.
-async fn hello(shared: &Shared, conn: &Connection, role: Role) -> Result<Hello, Failure> {
+/// Runs the hello on a fresh connection, checks the peer's identity and its
+/// claim to its node id, and applies our policy. `remote` is the address we
+/// dialed, or the source of an accepted connection.
+async fn hello(
+    shared: &Shared,
+    conn: &Connection,
+    role: Role,
+    remote: SocketAddr,
+) -> Result<Hello, Failure> {
     let (send, peer) = match timeout(shared.tuning.hello_timeout, swap(shared, conn, role)).await {
         Ok(swapped) => swapped?,
         Err(_elapsed) => {
@@ -203,6 +226,24 @@ async fn hello(shared: &Shared, conn: &Connection, role: Role) -> Result<Hello, 
             });
         }
     }
+    if let Some(check) = &shared.claim_check {
+        // A dialed peer is where we reached it; an accepting side has only the
+        // address the hello announces.
+        let at = match role {
+            Role::Dialer => remote,
+            Role::Acceptor => normalize(peer.gossip_addr, remote),
+        };
+        if let Err(reason) = check(&peer, at) {
+            let reason = truncate_reason(&reason).to_string();
+            refuse(shared, conn, send, CLOSE_NODE_ID_CONFLICT, &reason).await;
+            return Err(Failure::Refused {
+                by_us: true,
+                peer: Some(peer),
+                reason,
+                kind: RefusalKind::NodeIdConflict,
+            });
+        }
+    }
     if let Err(reason) = (shared.policy)(&peer) {
         let reason = truncate_reason(&reason).to_string();
         refuse(shared, conn, send, CLOSE_HELLO_REJECTED, &reason).await;
@@ -210,6 +251,7 @@ async fn hello(shared: &Shared, conn: &Connection, role: Role) -> Result<Hello, 
             by_us: true,
             peer: Some(peer),
             reason,
+            kind: RefusalKind::Policy,
         });
     }
     Ok(peer)
@@ -231,11 +273,13 @@ fn report(shared: &Shared, addr: SocketAddr, failure: Failure) {
             by_us,
             peer,
             reason,
+            kind,
         } => shared.report_refusal(RejectedPeer {
             node_id: peer.map(|p| p.node_id).unwrap_or_default(),
             addr,
             reason,
             by_us,
+            kind,
         }),
         Failure::Impostor {
             peer,
@@ -252,6 +296,7 @@ fn report(shared: &Shared, addr: SocketAddr, failure: Failure) {
                 addr,
                 reason,
                 by_us: true,
+                kind: RefusalKind::Identity,
             });
         }
         Failure::Auth(err) => shared.report_auth_failure(addr, "TLS handshake refused", &err),
@@ -286,7 +331,7 @@ pub(crate) async fn dial(
             return None;
         }
     };
-    match hello(shared, &conn, Role::Dialer).await {
+    match hello(shared, &conn, Role::Dialer, to).await {
         Ok(peer) => shared
             .adopt(to, Role::Dialer, conn.clone(), peer)
             .then_some(conn),
@@ -319,7 +364,7 @@ pub(crate) async fn accept(shared: Arc<Shared>, incoming: Incoming) {
             return;
         }
     };
-    match hello(&shared, &conn, Role::Acceptor).await {
+    match hello(&shared, &conn, Role::Acceptor, remote).await {
         Ok(peer) => {
             let addr = normalize(peer.gossip_addr, remote);
             shared.adopt(addr, Role::Acceptor, conn, peer);

@@ -89,6 +89,24 @@ impl HelloTemplate {
 /// the reason is sent to the peer and given to both sides' observers.
 pub type HelloPolicy = Arc<dyn Fn(&Hello) -> Result<(), String> + Send + Sync>;
 
+/// Decides whether a peer may hold the node id of its hello, given the
+/// gossip address it is reached at: `Err(reason)` when another live agent
+/// holds that id. Runs after the identity check and before the policy; a
+/// refusal closes with [`CLOSE_NODE_ID_CONFLICT`](super::CLOSE_NODE_ID_CONFLICT),
+/// so the refused side knows it is the one to give way.
+pub type ClaimCheck = Arc<dyn Fn(&Hello, SocketAddr) -> Result<(), String> + Send + Sync>;
+
+/// Why a peer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The hello policy (cluster, protocol, fingerprint).
+    Policy,
+    /// The certificate does not name the node id of the hello.
+    Identity,
+    /// Another live agent holds the node id of the hello.
+    NodeIdConflict,
+}
+
 /// Told about every refusal, on both sides. Called from a network task: it
 /// must be quick and must not block.
 pub type RejectObserver = Arc<dyn Fn(RejectedPeer) + Send + Sync>;
@@ -104,6 +122,8 @@ pub struct RejectedPeer {
     pub reason: String,
     /// `true` if we refused them, `false` if they refused us.
     pub by_us: bool,
+    /// Which check refused.
+    pub kind: RefusalKind,
 }
 
 /// Errors decoding or encoding a hello.

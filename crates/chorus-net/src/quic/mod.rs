@@ -50,6 +50,10 @@
 //!   closes the connection with [`CLOSE_IDENTITY_MISMATCH`], is counted
 //!   (`identity_mismatches`) and reported as a refusal under the name the
 //!   certificate proves.
+//! - A [`ClaimCheck`], when set, then judges whether the peer may hold the
+//!   node id of its hello at its address (another live agent may hold it);
+//!   a refusal closes with [`CLOSE_NODE_ID_CONFLICT`] and is reported with
+//!   [`RefusalKind::NodeIdConflict`] on both sides.
 //! - Connections are keyed by the peer's gossip address: the one we dialed,
 //!   or the one an accepting side learnt from the dialer's hello. Either kind
 //!   carries traffic both ways, so a node that dialed us gets its replies on
@@ -111,8 +115,8 @@ pub use budget::{
     MAX_RAFT_BUFFERED_PER_CONNECTION, RAFT_BUFFER_POOL, RAFT_CONNECTION_FLOOR, SHARED_BUFFER_POOL,
 };
 pub use hello::{
-    default_policy, Hello, HelloError, HelloPolicy, HelloTemplate, RejectObserver, RejectedPeer,
-    MAX_HELLO_SIZE, MAX_REASON_LEN, PROTOCOL_VERSION,
+    default_policy, ClaimCheck, Hello, HelloError, HelloPolicy, HelloTemplate, RefusalKind,
+    RejectObserver, RejectedPeer, MAX_HELLO_SIZE, MAX_REASON_LEN, PROTOCOL_VERSION,
 };
 pub use links::MAX_CONNECTIONS_PER_PEER;
 
@@ -180,6 +184,9 @@ pub const CLOSE_IDENTITY_MISMATCH: u32 = 0x4348_0003;
 pub const CLOSE_BUSY: u32 = 0x4348_0004;
 /// Application close code: the peer opened a newer connection in the same role.
 pub const CLOSE_SUPERSEDED: u32 = 0x4348_0005;
+/// Application close code: another live agent holds the node id of the
+/// hello; the close reason names the address it is alive at.
+pub const CLOSE_NODE_ID_CONFLICT: u32 = 0x4348_0006;
 /// Stream stop code: envelope over [`MAX_MESSAGE_SIZE`] (gossip) or
 /// [`MAX_RAFT_MESSAGE_SIZE`](crate::MAX_RAFT_MESSAGE_SIZE) (Raft).
 pub const STOP_TOO_LARGE: u32 = 0x4348_0010;
@@ -269,6 +276,9 @@ pub struct QuicConfig {
     pub policy: HelloPolicy,
     /// Told about refusals, both ways; defaults to doing nothing.
     pub on_reject: RejectObserver,
+    /// Refuses a hello claiming a node id another live agent holds; none
+    /// by default.
+    pub claim_check: Option<ClaimCheck>,
     /// Where traffic is counted.
     pub counters: NetCounters,
     /// Timeouts and backoffs.
@@ -298,6 +308,7 @@ impl QuicConfig {
             hello,
             advertise_addr: None,
             on_reject: Arc::new(|_| {}),
+            claim_check: None,
             counters: NetCounters::new(),
             tuning: QuicTuning::default(),
             peer_channel: None,
@@ -310,6 +321,15 @@ impl QuicConfig {
         policy: impl Fn(&Hello) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Sets the node-id claim check.
+    pub fn with_claim_check(
+        mut self,
+        check: impl Fn(&Hello, SocketAddr) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.claim_check = Some(Arc::new(check));
         self
     }
 

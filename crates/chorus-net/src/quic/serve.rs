@@ -19,12 +19,10 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::debug;
 
 use super::budget::{ConnectionBudget, Reservation};
+use super::handshake::refusal_kind;
 use super::hello::{Hello, RejectedPeer};
 use super::shared::{Arrival, Shared};
-use super::{
-    QuicTuning, CLOSE_HELLO_REJECTED, CLOSE_IDENTITY_MISMATCH, MAX_MESSAGE_SIZE, STOP_OVER_BUDGET,
-    STOP_TIMED_OUT, STOP_TOO_LARGE,
-};
+use super::{QuicTuning, MAX_MESSAGE_SIZE, STOP_OVER_BUDGET, STOP_TIMED_OUT, STOP_TOO_LARGE};
 use crate::peer::{PeerMessage, MAX_RAFT_MESSAGE_SIZE};
 use crate::wire::{self, RAFT_MARKER};
 
@@ -136,20 +134,19 @@ pub(crate) async fn serve_connection(
 /// A refusal by the peer after the hello (its policy ran late) goes through
 /// the rejection path; any other close is routine.
 fn report_close(shared: &Shared, addr: SocketAddr, peer: &Hello, err: &ConnectionError) {
-    match err {
-        ConnectionError::ApplicationClosed(close)
-            if close.error_code == VarInt::from_u32(CLOSE_HELLO_REJECTED)
-                || close.error_code == VarInt::from_u32(CLOSE_IDENTITY_MISMATCH) =>
-        {
+    if let ConnectionError::ApplicationClosed(close) = err {
+        if let Some(kind) = refusal_kind(close.error_code) {
             shared.report_refusal(RejectedPeer {
                 node_id: peer.node_id.clone(),
                 addr,
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
                 by_us: false,
+                kind,
             });
+            return;
         }
-        _ => debug!(peer=%addr, node_id=%peer.node_id, error=%err, "connection closed"),
     }
+    debug!(peer=%addr, node_id=%peer.node_id, error=%err, "connection closed");
 }
 
 /// Who sent a stream.

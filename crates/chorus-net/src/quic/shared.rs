@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::admission::Admission;
 use super::budget::{BufferPool, Reservation};
-use super::hello::{Hello, HelloPolicy, RejectObserver, RejectedPeer};
+use super::hello::{ClaimCheck, Hello, HelloPolicy, RejectObserver, RejectedPeer};
 use super::links::{Links, Refusal, Role};
 use super::serve::serve_connection;
 use super::serve::Budgets;
@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     pub(crate) tuning: QuicTuning,
     pub(crate) policy: HelloPolicy,
     on_reject: RejectObserver,
+    pub(crate) claim_check: Option<ClaimCheck>,
     /// Our hello, encoded once.
     pub(crate) local_hello: Vec<u8>,
     /// Whether peers' hellos are checked against their certificates (mutual
@@ -85,7 +86,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// State for a socket of `config`, whose hello is `local_hello`.
+    /// State for a socket of `config`, whose hello is `local_hello`. Peers' hellos are
+    /// checked against their certificates unless `config`'s TLS is insecure (insecure peers
+    /// have no meaningful certificate).
     pub(crate) fn new(
         config: &QuicConfig,
         local_hello: Vec<u8>,
@@ -101,6 +104,7 @@ impl Shared {
             tuning: config.tuning.clone(),
             policy: config.policy.clone(),
             on_reject: config.on_reject.clone(),
+            claim_check: config.claim_check.clone(),
             check_identity: !config.tls.is_insecure(),
             local_hello,
             inbox,
