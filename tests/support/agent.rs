@@ -111,6 +111,8 @@ pub struct AgentSpec {
     pub net: Net,
     /// Where to serve Prometheus metrics (`--metrics-addr`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// `--expect`: how many nodes start the Raft cluster together.
+    pub expect: Option<usize>,
     dir: Arc<TempDir>,
 }
 
@@ -128,12 +130,20 @@ impl AgentSpec {
             app_version: APP_VERSION.to_string(),
             net: net.clone(),
             metrics_addr: None,
+            expect: None,
             dir: Arc::new(dir),
         }
     }
 
     pub fn seed(mut self, addr: SocketAddr) -> AgentSpec {
         self.seeds.push(addr);
+        self
+    }
+
+    /// `--expect N`: the first `N` agents start the Raft cluster together, all voters (up to
+    /// five), as the README's setup has it.
+    pub fn expect(mut self, n: usize) -> AgentSpec {
+        self.expect = Some(n);
         self
     }
 
@@ -175,6 +185,7 @@ impl AgentSpec {
                 Net::Channel(_) | Net::Quic(_) | Net::Faulty(_) => None,
             },
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
+            expect: self.expect,
             ..Settings::default()
         }
         .validate()
@@ -352,7 +363,7 @@ impl Cluster {
             agents: Vec::new(),
         };
         for i in 1..=n {
-            let spec = cluster.spec(&format!("n{i}"));
+            let spec = cluster.spec(&format!("n{i}")).expect(n);
             cluster.agents.push(TestAgent::start(spec).await);
         }
         cluster

@@ -389,14 +389,10 @@ impl Node {
         self.run_consensus(now);
     }
 
-    /// When the node next needs [`Node::handle_timeout`] (Raft's tick, the lease's end) or a
-    /// gossip step (the split window).
+    /// When the node next needs [`Node::handle_timeout`]: Raft's tick or the lease's end.
+    /// (The split window is judged on gossip steps, which come every half gossip interval.)
     pub fn poll_timeout(&self) -> Instant {
-        let raft = self.consensus.poll_timeout();
-        match self.split.next_deadline() {
-            Some(split) => raft.min(split),
-            None => raft,
-        }
+        self.consensus.poll_timeout()
     }
 
     /// A Raft message from a peer. An error says why it was dropped; nothing changed then.
