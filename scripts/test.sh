@@ -63,6 +63,8 @@ step cargo build --workspace
 step with_timeout scripts/test-package.sh
 step with_timeout cargo test --workspace -- --test-threads="$TEST_THREADS"
 step with_timeout cargo test -p chorus-tests -- --ignored netns --test-threads=1 --nocapture
+# The simulator's leader checker on new seeds every run (the suite above ran 100 schedules).
+step with_timeout scripts/checker.sh "${CHECKER_RUNS:-1000}"
 # The benchmark is never a test, but its tiny configuration runs here so it cannot rot.
 step with_timeout cargo run -q -p chorus-bench -- --quick
 

@@ -288,6 +288,8 @@ impl Cluster for ChorusCluster {
             total.messages_sent += get("messages_sent");
             total.messages_received += get("messages_received");
             total.connections_opened += get("connections_opened");
+            total.raft_bytes_sent += get("raft_bytes_sent");
+            total.raft_messages_sent += get("raft_messages_sent");
         }
         total
     }

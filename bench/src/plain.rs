@@ -178,6 +178,7 @@ impl Cluster for PlainCluster {
             messages_sent: c.messages_sent.load(Ordering::Relaxed),
             messages_received: c.messages_received.load(Ordering::Relaxed),
             connections_opened: 0,
+            ..NetTotals::default()
         }
     }
 

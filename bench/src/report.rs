@@ -150,6 +150,12 @@ pub fn tables(results: &[RunResult], sizes: &[usize], systems: &[String]) -> Str
                          namespaces), so no loopback figure"
                     ));
                 }
+                if r.error.is_none() && r.raft_msgs_per_node > 0.0 {
+                    notes.push(format!(
+                        "{system}: Raft, idle, on top of gossip: {:.0} B/s and {:.1} messages/s out per node",
+                        r.raft_out_per_node, r.raft_msgs_per_node
+                    ));
+                }
                 if r.steady_dips > 0 {
                     notes.push(format!(
                         "{system}: {} observer-polls in the steady window missed a member",

@@ -35,6 +35,9 @@ pub struct NetTotals {
     pub messages_received: u64,
     /// Connections set up (QUIC: one handshake each), counted at both ends.
     pub connections_opened: u64,
+    /// Raft's own traffic (chorus only; not in the figures above).
+    pub raft_bytes_sent: u64,
+    pub raft_messages_sent: u64,
 }
 
 /// A cluster of one system, driven by the scenario.
@@ -89,6 +92,11 @@ pub struct RunResult {
     pub bytes_out_per_node: f64,
     pub bytes_in_per_node: f64,
     pub msgs_out_per_node: f64,
+    /// Raft's bytes and messages per second sent, per node (chorus only).
+    #[serde(default)]
+    pub raft_out_per_node: f64,
+    #[serde(default)]
+    pub raft_msgs_per_node: f64,
     /// Bytes per second sent on the loopback interface, per node (IP and UDP headers
     /// included: what QUIC really costs on the wire).
     pub loopback_per_node: f64,
@@ -258,6 +266,8 @@ async fn steady<C: Cluster>(cluster: &mut C, timings: &Timings, result: &mut Run
     result.bytes_out_per_node = per_node_s(net0.bytes_sent, net1.bytes_sent);
     result.bytes_in_per_node = per_node_s(net0.bytes_received, net1.bytes_received);
     result.msgs_out_per_node = per_node_s(net0.messages_sent, net1.messages_sent);
+    result.raft_out_per_node = per_node_s(net0.raft_bytes_sent, net1.raft_bytes_sent);
+    result.raft_msgs_per_node = per_node_s(net0.raft_messages_sent, net1.raft_messages_sent);
     result.loopback_per_node = per_node_s(lo0, lo1);
     result.cpu_pct_per_node = (cpu1 - cpu0).as_secs_f64() / secs / n as f64 * 100.0;
     result.rss_kib_total = measure::rss_kib("self");

@@ -442,6 +442,7 @@ impl Cluster for SwimCluster {
             messages_sent: c.messages_sent.load(Ordering::Relaxed),
             messages_received: c.messages_received.load(Ordering::Relaxed),
             connections_opened: 0,
+            ..NetTotals::default()
         }
     }
 

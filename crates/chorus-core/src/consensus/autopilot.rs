@@ -2,8 +2,11 @@
 //! committed Raft membership change (one at a time), as Consul's autopilot does.
 //!
 //! Rules, in order:
-//! 1. Fewer voters than `max_voters`: add the best stable candidate (a compatible, active node
-//!    up for at least `stabilize`, not a voter).
+//! 1. Fewer voters than the target: add the best stable candidate (a compatible, active node
+//!    up for at least `stabilize`, not a voter). The target is the largest odd number up to
+//!    `max_voters` and up to the voters plus the stable candidates: an even voter set tolerates
+//!    no more failures than the odd one below it, and a 2|2 split of four voters has no
+//!    majority on either side.
 //! 2. A voter down (dead, or gone and not back) for `replace_after`: add a stable candidate
 //!    first, if there is one (the group is briefly one voter larger); rule 3 then removes it.
 //! 3. More voters than `max_voters`: remove the voter down longest (never this node).
@@ -76,7 +79,9 @@ pub fn next_change(
         .filter(long_down)
         .min_by_key(|v| (v.down_since, v.raft_id));
 
-    if voters.len() < limits.max_voters {
+    let stable_count = candidates.iter().filter(stable).count();
+    let target = odd_floor(limits.max_voters.min(voters.len() + stable_count));
+    if voters.len() < target {
         if let Some(c) = best {
             return Some(Change::Add(c.raft_id, c.info.clone()));
         }
@@ -98,6 +103,17 @@ pub fn next_change(
     match longest_down {
         Some(v) if after > 3 && up > after / 2 => Some(Change::Remove(v.raft_id)),
         _ => None,
+    }
+}
+
+/// The largest odd number at most `n` (at least 1).
+pub fn odd_floor(n: usize) -> usize {
+    if n <= 1 {
+        1
+    } else if n.is_multiple_of(2) {
+        n - 1
+    } else {
+        n
     }
 }
 

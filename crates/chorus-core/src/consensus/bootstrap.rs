@@ -78,10 +78,11 @@ pub fn voters_to_start(
     if ready.len() < expect.max(1) || ready.first()?.raft_id != me.raft_id {
         return None;
     }
+    let voters = super::autopilot::odd_floor(max_voters.max(1).min(ready.len()));
     Some(
         ready
             .into_iter()
-            .take(max_voters.max(1))
+            .take(voters)
             .map(|s| (s.raft_id, s.info.clone()))
             .collect(),
     )
@@ -167,7 +168,8 @@ mod tests {
         assert_eq!(ids(voters_to_start(&n2_as_self, &others(1), 3, 5)), None);
         assert_eq!(
             ids(voters_to_start(&voted[0], &others(0), 3, 5)),
-            Some(vec![101, 102, 104, 105])
+            Some(vec![101, 102, 104]),
+            "an odd number of voters: the fourth follows as a learner"
         );
     }
 
@@ -193,7 +195,8 @@ mod tests {
                 2,
                 5
             )),
-            Some(vec![101, 102])
+            Some(vec![101]),
+            "two nodes: one voter (two would tolerate no failure either)"
         );
     }
 
