@@ -337,10 +337,11 @@ async fn four_split_2_2_exactly_one_side_keeps_quorum() {
     let lab = Lab::start("split-2-2", 4, 22).await;
     let all = ["n1", "n2", "n3", "n4"];
     lab.wait_leader(&all).await;
-    // Two halves, neither holding a majority: the tie goes to the side with the lowest id of
-    // the roster (n1), whichever way the groups are listed.
-    let keeps = ["n1", "n4"];
-    let loses = ["n2", "n3"];
+    // Two halves of the nodes, but four nodes have three voters (an even set tolerates no more
+    // failures): n1, n2, n3, the lowest ids, voters since the bootstrap. The half holding two
+    // of them keeps quorum and leads, whichever way the groups are listed.
+    let keeps = ["n1", "n2"];
+    let loses = ["n3", "n4"];
     let split_at = Instant::now();
     lab.partition(&[&loses, &keeps]);
 
@@ -356,11 +357,11 @@ async fn four_split_2_2_exactly_one_side_keeps_quorum() {
             lost.at - split_at
         );
     }
-    lab.wait_status("n2 and n3 say minority", &loses, |s| {
+    lab.wait_status("n3 and n4 say minority", &loses, |s| {
         !s.node.quorum && s.node.partition == Partition::Minority && !s.is_leader
     })
     .await;
-    lab.wait_status("n1 and n4 see only each other", &keeps, |s| {
+    lab.wait_status("n1 and n2 see only each other", &keeps, |s| {
         s.node.alive == 2
     })
     .await;
@@ -383,7 +384,7 @@ async fn four_split_2_2_exactly_one_side_keeps_quorum() {
         }
     }
     assert_eq!(with_quorum.len(), 1, "sides with quorum: {with_quorum:?}");
-    lab.wait_status("n1 and n4 keep quorum", &keeps, |s| {
+    lab.wait_status("n1 and n2 keep quorum", &keeps, |s| {
         s.node.quorum && s.node.partition == Partition::Majority
     })
     .await;

@@ -21,6 +21,9 @@ use crate::support::{free_addr, wait_until, SLOW};
 /// each sees all three alive.
 async fn three(cluster: &str, key: &KeyFile, extra: &[&str]) -> Vec<ProcAgent> {
     let mut agents: Vec<ProcAgent> = Vec::new();
+    // The three start the Raft cluster together, all voters.
+    let mut flags = extra.to_vec();
+    flags.extend(["--expect", "3"]);
     for i in 1..=3 {
         let seeds: Vec<SocketAddr> = agents.first().map(|a| a.addr).into_iter().collect();
         agents.push(ProcAgent::spawn(
@@ -28,13 +31,24 @@ async fn three(cluster: &str, key: &KeyFile, extra: &[&str]) -> Vec<ProcAgent> {
             cluster,
             key,
             &seeds,
-            extra,
+            &flags,
         ));
     }
     for a in &agents {
         for b in &agents {
             wait_row(a, &b.node_id, |m| m.status == Status::Alive).await;
         }
+    }
+    for a in &agents {
+        wait_until(&format!("{} has quorum", a.node_id), SLOW, || async {
+            let s = status(&a.socket).await?;
+            if s.node.quorum && s.node.raft.voters.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.node))
+            }
+        })
+        .await;
     }
     agents
 }

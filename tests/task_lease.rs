@@ -272,7 +272,7 @@ async fn a_stopped_leaders_task_dies_at_its_lease_and_no_old_run_starts_after_si
             &key,
             &seeds,
             INTERVAL,
-            &task_args(&flags),
+            &[task_args(&flags), vec!["--expect", "3"]].concat(),
         ));
     }
     let all: Vec<&ProcAgent> = agents.iter().collect();

@@ -140,7 +140,7 @@ impl AgentSpec {
         self
     }
 
-    /// `--expect N`: the first `N` agents start the Raft cluster together, all voters (up to
+    /// `--expect N`: the first `N` agents start the Raft cluster together, voters (an odd number, up to
     /// five), as the README's setup has it.
     pub fn expect(mut self, n: usize) -> AgentSpec {
         self.expect = Some(n);

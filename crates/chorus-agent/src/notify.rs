@@ -172,7 +172,7 @@ impl Notifier {
             }
         }
         if !states.is_empty() {
-            let result = sd_notify::notify(false, &states);
+            let result = send(&states);
             self.sent(result);
         }
     }
@@ -180,7 +180,7 @@ impl Notifier {
     /// A graceful stop begins.
     pub fn stopping(&mut self) {
         if self.enabled {
-            let result = sd_notify::notify(false, &[NotifyState::Stopping]);
+            let result = send(&[NotifyState::Stopping]);
             self.sent(result);
         }
     }
@@ -193,6 +193,25 @@ impl Notifier {
             }
         }
     }
+}
+
+/// Sends `states` to `NOTIFY_SOCKET` without ever waiting: the send runs on the agent loop,
+/// and a service manager that does not read (or a full socket queue) must not stop the loop
+/// (sd_notify's own send blocks). What cannot be sent now is dropped; the next turn sends the
+/// current state again when it changes, and the next watchdog ping in a quarter interval.
+fn send(states: &[NotifyState<'_>]) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.connect(path)?;
+    let mut message = String::new();
+    for state in states {
+        let _ = writeln!(message, "{state}");
+    }
+    socket.send(message.as_bytes()).map(drop)
 }
 
 /// `WATCHDOG_USEC` as an interval, when it is set, positive, and meant for this process
