@@ -1010,9 +1010,14 @@ impl Checker {
                 }
             }
         }
-        // 2. Every leadership takes an epoch above every earlier one.
+        // 2. Every leadership takes an epoch above every earlier one (a lease its own run
+        // regains in the same Raft term keeps that term).
         for (i, later) in ls.iter().enumerate() {
-            if let Some(earlier) = ls[..i].iter().find(|e| e.epoch >= later.epoch) {
+            let same = |e: &Leadership| e.node == later.node && e.run == later.run;
+            if let Some(earlier) = ls[..i]
+                .iter()
+                .find(|e| e.epoch > later.epoch || (e.epoch == later.epoch && !same(e)))
+            {
                 self.fail(format!("epochs went back: {earlier:?} then {later:?}"));
             }
         }

@@ -216,6 +216,8 @@ pub struct Node {
     peer_facts: Vec<PeerFacts>,
     /// The `raft` key as last published.
     published_raft: Option<RaftKey>,
+    /// The leader as this node last showed it ([`Node::observed_leader`]).
+    observed: Option<NodeId>,
     /// The time of the last call: getters judge the lease against it.
     now: Instant,
     /// Kept current with the roster and the view: it is read on every tick and every status.
@@ -252,6 +254,7 @@ impl Node {
             consensus,
             peer_facts: Vec::new(),
             published_raft: None,
+            observed: None,
             now,
             down_since: HashMap::new(),
             refused: HashMap::new(),
@@ -484,8 +487,28 @@ impl Node {
             });
             self.quorum = self.assess_quorum();
         }
-        let leader = self.consensus.leader().map(str::to_string);
-        self.view.set_leader(leader.as_deref());
+        let observed = self.observed_leader().map(str::to_string);
+        if observed != self.observed {
+            self.effects.push_back(Effect::Alert(Alert::LeaderChanged {
+                old: self.observed.take(),
+                new: observed.clone(),
+                epoch: self.consensus.term(),
+            }));
+            self.observed = observed;
+        }
+        // Rows appear as gossip delivers them: each is marked when it does.
+        self.view.set_leader(self.observed.as_deref());
+    }
+
+    /// The leader as this node shows it: itself while it holds the lease, else the Raft leader
+    /// it follows (a Raft leader without a lease, this node included, is no leader).
+    fn observed_leader(&self) -> Option<&str> {
+        if self.consensus.held(self.now).is_some() {
+            return Some(&self.config.node_id);
+        }
+        self.consensus
+            .leader()
+            .filter(|l| *l != self.config.node_id)
     }
 
     /// Removes members down for longer than `reap_after`; only a node on the majority side
@@ -726,7 +749,7 @@ impl Node {
             roster: self.roster.len(),
             quorum: q.quorum,
             partition: q.partition,
-            leader: self.consensus.leader().map(str::to_string),
+            leader: self.observed_leader().map(str::to_string),
             epoch: self.consensus.term(),
             state: self.state,
             raft: self.raft_status(),
@@ -784,10 +807,10 @@ impl Node {
         self.consensus.held(self.now).map(|h| h.term)
     }
 
-    /// The Raft leader this node follows (or is), and the term.
+    /// The leader this node shows (itself only while it holds the lease), and the term.
     pub fn leader(&self) -> Option<(&str, u64)> {
         let term = self.consensus.term();
-        self.consensus.leader().map(|l| (l, term))
+        self.observed_leader().map(|l| (l, term))
     }
 
     fn publish_state(&mut self) {
