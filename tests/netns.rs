@@ -59,8 +59,14 @@ fn names(idx: &[usize]) -> BTreeSet<String> {
 /// `chorus keygen` into the lab's directory.
 fn keygen(lab: &Lab) -> PathBuf {
     let key = lab.dir.path().join("cluster.pem");
-    let out = chorus(&["keygen", "--out", key.to_str().expect("UTF-8 path")])
-        .unwrap_or_else(|e| panic!("chorus keygen: {e}"));
+    let out = chorus(&[
+        "keygen",
+        "--cluster",
+        "netns",
+        "--out",
+        key.to_str().expect("UTF-8 path"),
+    ])
+    .unwrap_or_else(|e| panic!("chorus keygen: {e}"));
     assert!(out.status.success(), "chorus keygen failed: {out:?}");
     key
 }
@@ -535,9 +541,18 @@ fn netns_leader_partitioned_into_minority_steps_down() {
         lost_at < acquired_at,
         "{new} started leading at {acquired_at:.3} before {old} stopped at {lost_at:.3}"
     );
-    let buddy_status = lab.agents[buddy]
-        .status()
-        .expect("status of the minority buddy");
+    // The minority buddy stops showing the deposed leader once it has not heard from it for
+    // a lease (it heard it until the old leader stepped down, an election timeout in).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let buddy_status = loop {
+        let s = lab.agents[buddy]
+            .status()
+            .expect("status of the minority buddy");
+        if s.leader.is_none() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         !buddy_status.is_leader && buddy_status.leader.is_none(),
         "{buddy_status:?}"

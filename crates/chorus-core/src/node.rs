@@ -501,10 +501,15 @@ impl Node {
     }
 
     /// The leader as this node shows it: itself while it holds the lease, else the Raft leader
-    /// it follows (a Raft leader without a lease, this node included, is no leader).
+    /// it follows and hears from, unless this node sees no majority of the voters (a minority
+    /// shows no leader: whoever it still hears there cannot hold a lease). A Raft leader without
+    /// a lease, this node included, is no leader.
     fn observed_leader(&self) -> Option<&str> {
         if self.consensus.held(self.now).is_some() {
             return Some(&self.config.node_id);
+        }
+        if !self.quorum.quorum {
+            return None;
         }
         self.consensus
             .leader()

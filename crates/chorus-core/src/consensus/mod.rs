@@ -434,6 +434,13 @@ impl Consensus {
         if id == self.cfg.raft_id {
             return Some(&self.cfg.node_id);
         }
+        // A follower shows its leader only while it hears from it: within a lease of its last
+        // message (raft-rs counts ticks since then), so a deposed or cut-off leader stops being
+        // shown about as soon as its lease has ended.
+        let heard = self.cfg.timing.tick * raw.raft.election_elapsed.min(u32::MAX as usize) as u32;
+        if heard >= self.cfg.timing.lease {
+            return None;
+        }
         self.state.node_of(id)
     }
 
