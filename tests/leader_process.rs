@@ -294,3 +294,73 @@ async fn leader_killed_is_replaced() {
         );
     }
 }
+
+/// `chorus leave --permanent` takes a voter out of the Raft voters (committed by a majority)
+/// before it leaves; a plain `leave` or a restart would keep it a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_permanent_removes_the_voter() {
+    let key = KeyFile::keygen("proc-leave");
+    let mut agents: Vec<ProcAgent> = Vec::new();
+    for i in 1..=3 {
+        let seeds: Vec<_> = agents.first().map(|a| a.addr).into_iter().collect();
+        agents.push(ProcAgent::spawn_with_interval(
+            &format!("n{i}"),
+            "proc-leave",
+            &key,
+            &seeds,
+            INTERVAL,
+            &["--expect", "3"],
+        ));
+    }
+    let voters_of = |agent: &ProcAgent| {
+        let socket = agent.socket_arg().to_string();
+        async move {
+            let out = chorus(&["status", "--json", "--socket", &socket]).await;
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("{e}: {}", describe(&out)))?;
+            let voters: Vec<String> = status["raft"]["voters"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok::<Vec<String>, String>(voters)
+        }
+    };
+    wait_until("all three are voters with a leader", SLOW, || async {
+        let all: Vec<&ProcAgent> = agents.iter().collect();
+        agreed(&all).await?;
+        match voters_of(&agents[0]).await? {
+            v if v.len() == 3 => Ok(()),
+            v => Err(format!("voters {v:?}")),
+        }
+    })
+    .await;
+    let out = chorus(&["leave", "--permanent", "--socket", agents[2].socket_arg()]).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("for good"), "{}", describe(&out));
+    for a in &agents[..2] {
+        wait_until(
+            &format!("{} sees n3 out of the voters", a.node_id),
+            SLOW,
+            || async {
+                match voters_of(a).await? {
+                    v if v == ["n1", "n2"] => Ok(()),
+                    v => Err(format!("voters {v:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    let survivors: Vec<&ProcAgent> = agents[..2].iter().collect();
+    wait_until("the two still agree on a leader", SLOW, || {
+        agreed(&survivors)
+    })
+    .await;
+    // Twice is a clear error, not a hang: the agent is gone.
+    let again = chorus(&["leave", "--permanent", "--socket", agents[2].socket_arg()]).await;
+    assert!(!again.status.success(), "{}", describe(&again));
+}

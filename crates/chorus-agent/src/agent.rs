@@ -307,10 +307,28 @@ pub async fn run(
     let mut gossip_died = Box::pin(agent.chitchat.termination_watcher());
     tokio::pin!(shutdown);
 
+    // `leave --permanent` waiting for its removal from the voters to commit.
+    let mut removal: Option<PendingRemoval> = None;
+    let mut leave_note = String::new();
     let outcome = loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now = now();
+                if let Some(p) = removal.take() {
+                    if agent.node.is_removed() {
+                        leave_note = " for good (out of the Raft voters)".into();
+                        break Ok((Exit::Left, Some((p.reply, p.written))));
+                    }
+                    if now >= p.deadline {
+                        leave_note = format!(
+                            ", but its removal from the Raft voters was not committed within {}s (no leader with a majority?): it stays a voter until `chorus forget {}` on another node succeeds",
+                            REMOVAL_WAIT.as_secs(),
+                            config.node_id
+                        );
+                        break Ok((Exit::Left, Some((p.reply, p.written))));
+                    }
+                    removal = Some(p);
+                }
                 if last_load_sample.is_none_or(|t| now.duration_since(t) >= LOAD_SAMPLE_EVERY) {
                     last_load_sample = Some(now);
                     if let Some((cpu, mem)) = sysload::sample() {
@@ -386,7 +404,17 @@ pub async fn run(
                 Input::SetState(state, reply) => {
                     let _ = reply.send(agent.set_state(state).await);
                 }
-                Input::Leave(reply, written) => break Ok((Exit::Left, Some((reply, written)))),
+                Input::Leave(false, reply, written) => break Ok((Exit::Left, Some((reply, written)))),
+                Input::Leave(true, reply, written) => match agent.node.handle_remove_self(now()) {
+                    Ok(()) => {
+                        agent.apply_effects().await;
+                        tracing::info!(node = %config.node_id, "leaving for good: waiting for the removal from the Raft voters to commit");
+                        removal = Some(PendingRemoval { deadline: now() + REMOVAL_WAIT, reply, written });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Response::Error { message: format!("cannot leave for good: {e}; nothing changed") });
+                    }
+                },
             },
             stop = &mut shutdown => match stop {
                 Stop::Graceful => break Ok((Exit::Shutdown, None)),
@@ -422,7 +450,7 @@ pub async fn run(
     agent.tasks.stop_and_wait().await;
     if let Some((reply, written)) = reply {
         let _ = reply.send(Response::Done {
-            message: format!("{} left the cluster", config.node_id),
+            message: format!("{} left the cluster{leave_note}", config.node_id),
         });
         // The client's connection task writes the answer: do not exit before it has.
         let _ = tokio::time::timeout(Duration::from_secs(2), written).await;
@@ -430,6 +458,16 @@ pub async fn run(
     let _ = agent.chitchat.shutdown().await;
     tracing::info!(node = %config.node_id, "chorus agent stopped");
     Ok(exit)
+}
+
+/// How long `leave --permanent` waits for its removal from the voters to commit.
+const REMOVAL_WAIT: Duration = Duration::from_secs(15);
+
+/// A `leave --permanent` whose removal from the voters has not committed yet.
+struct PendingRemoval {
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<Response>,
+    written: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Aborts a background task when the agent returns, whichever way it returns.

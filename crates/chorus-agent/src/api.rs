@@ -22,6 +22,8 @@ pub enum Request {
     },
     /// Leave the cluster gracefully and stop the agent.
     Leave,
+    /// Leave for good: out of the Raft voters first (committed by a majority), then leave.
+    LeavePermanently,
     /// Stream alerts until the client hangs up.
     Watch,
     /// Remove a dead node from the roster.
@@ -68,6 +70,7 @@ impl Request {
             Request::Members | Request::Status | Request::Watch | Request::Pick { .. } => false,
             Request::Load { .. }
             | Request::Leave
+            | Request::LeavePermanently
             | Request::Forget { .. }
             | Request::Drain
             | Request::Resume => true,
@@ -221,6 +224,7 @@ mod fuzz {
             Just(Request::Status),
             any::<u64>().prop_map(|sessions| Request::Load { sessions }),
             Just(Request::Leave),
+            Just(Request::LeavePermanently),
             Just(Request::Watch),
             any::<String>().prop_map(|node| Request::Forget { node }),
             Just(Request::Drain),

@@ -56,7 +56,8 @@ pub enum Input {
     /// The receiver resolves once the reply has been written to the client (its sender is
     /// dropped then): the agent waits for it before it exits, or `chorus leave` could see the
     /// connection close without an answer.
-    Leave(oneshot::Sender<Response>, oneshot::Receiver<()>),
+    /// Leave (`true`: for good, out of the voters first).
+    Leave(bool, oneshot::Sender<Response>, oneshot::Receiver<()>),
     Forget(String, oneshot::Sender<Response>),
     SetState(chorus_core::member::NodeState, oneshot::Sender<Response>),
 }
@@ -346,7 +347,8 @@ async fn answer(request: Request, state: &ServerState, written: oneshot::Receive
         }
         Request::Watch => unreachable!("watch is streamed by the caller"),
         Request::Load { sessions } => Input::Sessions(sessions, tx),
-        Request::Leave => Input::Leave(tx, written),
+        Request::Leave => Input::Leave(false, tx, written),
+        Request::LeavePermanently => Input::Leave(true, tx, written),
         Request::Forget { node } => Input::Forget(node, tx),
         Request::Drain => Input::SetState(chorus_core::member::NodeState::Draining, tx),
         Request::Resume => Input::SetState(chorus_core::member::NodeState::Active, tx),

@@ -104,6 +104,10 @@ enum Command {
     },
     /// Leave the cluster gracefully and stop the agent.
     Leave {
+        /// Leave for good: this node is first removed from the Raft voters (committed by a
+        /// majority; a restart is otherwise not a removal).
+        #[arg(long)]
+        permanent: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -222,7 +226,7 @@ fn main() -> ExitCode {
             } => query::members(&client, status, &tags).await,
             Command::Status { client } => query::status(&client).await,
             Command::Load { sessions, client } => query::load(&client, sessions).await,
-            Command::Leave { client } => query::leave(&client).await,
+            Command::Leave { permanent, client } => query::leave(&client, permanent).await,
             Command::Watch { client } => query::watch(&client).await,
             Command::Leader { client } => query::leader(&client).await,
             Command::IsLeader { client } => query::is_leader(&client).await,

@@ -187,8 +187,13 @@ pub async fn load(opts: &ClientOpts, sessions: u64) -> anyhow::Result<ExitCode> 
     done(opts, Request::Load { sessions }).await
 }
 
-pub async fn leave(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
-    done(opts, Request::Leave).await
+pub async fn leave(opts: &ClientOpts, permanent: bool) -> anyhow::Result<ExitCode> {
+    let request = if permanent {
+        Request::LeavePermanently
+    } else {
+        Request::Leave
+    };
+    done(opts, request).await
 }
 
 pub async fn watch(opts: &ClientOpts) -> anyhow::Result<ExitCode> {
