@@ -57,18 +57,22 @@ for i in $(seq 1 "$N"); do
     "$CHORUS" agent \
         --node-id "node$i" --cluster demo --app-version 1.0 --tag "zone=z$i" \
         --cluster-key "$WORK/cluster.pem" \
-        --listen "127.0.0.1:$port" ${seed[@]+"${seed[@]}"} \
+        --listen "127.0.0.1:$port" ${seed[@]+"${seed[@]}"} --expect "$N" \
         --data-dir "$WORK/node$i" --socket "$WORK/node$i.sock" \
         --gossip-interval 200ms \
         >"$WORK/node$i.log" 2>&1 &
     PIDS+=($!)
 done
 
-echo "==> waiting (at most ${DEADLINE_S}s) until every agent sees $N alive"
+echo "==> waiting (at most ${DEADLINE_S}s) until every agent sees $N alive and a leader"
 start=$SECONDS
+converged() { # $1 = node number
+    local s
+    s="$("$CHORUS" status --json --socket "$WORK/node$1.sock" 2>/dev/null)" || return 1
+    grep -q "\"alive\": $N," <<<"$s" && grep -q '"leader": "' <<<"$s"
+}
 for i in $(seq 1 "$N"); do
-    until "$CHORUS" status --json --socket "$WORK/node$i.sock" 2>/dev/null |
-        grep -q "\"alive\": $N,"; do
+    until converged "$i"; do
         kill -0 "${PIDS[$((i - 1))]}" 2>/dev/null || fail "node$i exited"
         [ $((SECONDS - start)) -lt "$DEADLINE_S" ] || fail "no convergence after ${DEADLINE_S}s"
         sleep 0.2
