@@ -513,6 +513,9 @@ impl Consensus {
         self.update_peers(now, peers);
         self.may_lead = may_lead;
         if self.stopped {
+            // Nothing to tick, but the clock moves on: a `poll_timeout` left in the past would
+            // have the caller call again at once, forever.
+            self.last_tick = now;
             return;
         }
         if self.raw.is_none() {

@@ -514,3 +514,19 @@ fn a_restarted_voter_cannot_help_elect_during_the_lease_it_acknowledged() {
         net.run(Duration::from_secs(6));
     }
 }
+
+#[test]
+fn a_stopped_node_asks_for_no_call_in_the_past() {
+    let mut net = Net::new(1, 1, 5);
+    net.run_until_holder(Duration::from_secs(10));
+    let now = net.now;
+    let c = net.nodes[0].as_mut().unwrap();
+    c.handle_persist_failed("disk full");
+    assert!(c.held(now).is_none(), "a failed write ends the lease");
+    let later = now + Duration::from_secs(5);
+    c.handle_timeout(later, &[], true);
+    assert!(
+        c.poll_timeout() > later,
+        "a stopped node must not ask to be called again at once"
+    );
+}
