@@ -744,16 +744,8 @@ fn bootstrap_expect(config: &AgentConfig, advertise: SocketAddr) -> usize {
     if config.expect > 0 {
         return config.expect;
     }
-    let ours = [advertise.to_string(), config.listen.to_string()];
-    let mut others: Vec<&str> = config
-        .seeds
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !ours.iter().any(|o| o == s))
-        .collect();
-    others.sort_unstable();
-    others.dedup();
-    others.len() + 1
+    let own = [advertise.to_string(), config.listen.to_string()];
+    chorus_core::consensus::bootstrap::expect_from_seeds(&config.seeds, &own)
 }
 
 fn placeholder_status() -> StatusReport {

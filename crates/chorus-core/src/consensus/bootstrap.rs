@@ -20,6 +20,20 @@
 
 use super::state::MemberInfo;
 
+/// `expect` when `--expect` is not given: the distinct seeds that are not this node (any of
+/// the addresses in `own`), plus this node. A node that is its own only seed, or has none,
+/// starts alone.
+pub fn expect_from_seeds(seeds: &[String], own: &[String]) -> usize {
+    let mut others: Vec<&str> = seeds
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !own.iter().any(|o| o == s))
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    others.len() + 1
+}
+
 /// A node as gossip shows it, for bootstrapping.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seen {
@@ -197,6 +211,26 @@ mod tests {
             )),
             Some(vec![101]),
             "two nodes: one voter (two would tolerate no failure either)"
+        );
+    }
+
+    #[test]
+    fn expect_from_seeds_counts_the_others_once_and_this_node() {
+        let own = ["10.0.0.1:7946".to_string(), "0.0.0.0:7946".to_string()];
+        let seeds = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(expect_from_seeds(&[], &own), 1);
+        assert_eq!(expect_from_seeds(&seeds(&["10.0.0.1:7946"]), &own), 1);
+        assert_eq!(
+            expect_from_seeds(
+                &seeds(&[
+                    "10.0.0.1:7946",
+                    "10.0.0.2:7946",
+                    "10.0.0.2:7946",
+                    "10.0.0.3:7946"
+                ]),
+                &own
+            ),
+            3
         );
     }
 
